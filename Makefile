@@ -1,0 +1,54 @@
+# transfersweep: `make` lists the targets. Override variables on the command line:
+#   make train BACKBONE=convnext_atto ARGS="regime=joint freeze=last_blocks freeze.n_blocks=2"
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BACKBONE ?= resnet18
+DATA ?= digits
+ARGS ?=
+HOST ?= 127.0.0.1
+PORT ?= 5000
+OUTPUTS ?= outputs
+
+.DEFAULT_GOAL := help
+.PHONY: help install train ui test lint format clean
+
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-9s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@echo "  variables: BACKBONE=$(BACKBONE) DATA=$(DATA) ARGS='<hydra overrides>' HOST=$(HOST) PORT=$(PORT)"
+
+install: $(VENV)/.installed ## create .venv with everything (reuses a healthy one)
+
+# Re-runs when pyproject.toml changes or the venv no longer imports the stack.
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -e '.[dev]'
+	$(PY) -c "import transfersweep.train, torch, torchvision, timm, mlflow, optuna, hydra_plugins.hydra_optuna_sweeper"
+	@touch $@
+	@echo "installed: run 'make train' (or $(PY) -m transfersweep.train --help)"
+
+check-venv:
+	@$(PY) -c "import transfersweep.train, torch, timm, mlflow" 2>/dev/null || { rm -f $(VENV)/.installed; $(MAKE) --no-print-directory install; }
+
+train: install check-venv ## one run of the default paradigm on the embedded digits task
+	$(PY) -m transfersweep.train backbone=$(BACKBONE) data=$(DATA) $(ARGS)
+
+ui: install ## MLflow UI on the default store (outputs/mlflow.db), bound to HOST=127.0.0.1
+	@echo "runs: http://$(HOST):$(PORT)/#/experiments/1/runs?workflowType=machine_learning"
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(abspath $(OUTPUTS))/mlflow.db --host $(HOST) --port $(PORT)
+
+test: install check-venv ## run the test suite (CPU, a few minutes)
+	$(PY) -m pytest -q
+
+lint: install ## ruff check + format check
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+
+format: install ## ruff fix + format
+	$(VENV)/bin/ruff check --fix src tests bench
+	$(VENV)/bin/ruff format src tests bench
+
+clean: ## remove run outputs and caches (keeps .venv)
+	rm -rf $(OUTPUTS)/runs $(OUTPUTS)/sweeps $(OUTPUTS)/mlflow.db $(OUTPUTS)/mlartifacts .pytest_cache .ruff_cache
+	find . -name __pycache__ -not -path './$(VENV)/*' -prune -exec rm -rf {} +

@@ -1,0 +1,211 @@
+"""Backbones and their weights: timm model creation, hub/offline handling, local files.
+
+Weights come from one of three places:
+- nowhere (random init, `backbone.pretrained=false`, the default);
+- timm's hub (`backbone.pretrained=true`), which needs the network or the local
+  Hugging Face cache. The hub is probed once with a short timeout *before*
+  timm is imported, and when it is unreachable `HF_HUB_OFFLINE=1` is set, so a
+  missing file fails in seconds instead of a minute of retries;
+- a local state dict (`backbone.weights=PATH`, .safetensors or .pth) or a
+  checkpoint logged by an earlier run (`runs:/<run_id>/checkpoint/model.safetensors`).
+  `.pth` files load with `torch.load(weights_only=True)`: no pickled code runs.
+A classifier head of another shape in the file is dropped (the model keeps its
+fresh head); any other mismatch is an error that lists the differing tensors.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from transfersweep.errors import ConfigError, WeightsError
+
+if TYPE_CHECKING:
+    import torch
+    from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+HUB_HOST = "huggingface.co"
+
+
+def hub_reachable(host: str = HUB_HOST, timeout: float = 3.0) -> bool:
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def prepare_hub(cfg: DictConfig) -> None:
+    """Decide online/offline for timm's hub before timm (and huggingface_hub) is imported."""
+    if not cfg.backbone.pretrained or os.environ.get("HF_HUB_OFFLINE") == "1":
+        return
+    if not hub_reachable():
+        log.info("%s is unreachable: using the local hub cache only (HF_HUB_OFFLINE=1)", HUB_HOST)
+        os.environ["HF_HUB_OFFLINE"] = "1"
+
+
+def check_name(name: str) -> None:
+    """Fail with close suggestions when timm does not know the model name."""
+    import timm
+
+    arch = name.split(".", 1)[0]  # resnet18.a1_in1k -> resnet18 (a pretrained tag)
+    if timm.is_model(arch):
+        return
+    known = timm.list_models()
+    close = difflib.get_close_matches(arch, known, n=5, cutoff=0.6)
+    if not close:
+        close = [m for m in known if arch.lower() in m][:5]
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    raise ConfigError(
+        f"backbone.name={name!r} is not a timm model.{hint} "
+        "List names with: python -c \"import timm; print(timm.list_models('*resnet*'))\""
+    )
+
+
+def create(cfg: DictConfig, num_classes: int) -> torch.nn.Module:
+    """Build the timm model with `num_classes` outputs and the configured weights."""
+    import timm
+    from omegaconf import OmegaConf
+
+    b = cfg.backbone
+    check_name(b.name)
+    if b.pretrained and b.weights:
+        raise ConfigError(
+            f"backbone.pretrained=true and backbone.weights={b.weights!r} both ask for weights: "
+            "keep one of them (backbone.pretrained=false to use the file)"
+        )
+    kwargs: dict[str, Any] = OmegaConf.to_container(b.kwargs, resolve=True)  # type: ignore[assignment]
+    try:
+        model = timm.create_model(
+            b.name,
+            pretrained=bool(b.pretrained),
+            num_classes=num_classes,
+            drop_rate=b.drop_rate,
+            **kwargs,
+        )
+    except RuntimeError as e:
+        if b.pretrained:
+            raise _hub_error(b.name, e) from e
+        raise
+    except Exception as e:
+        if b.pretrained and _looks_like_download_failure(e):
+            raise _hub_error(b.name, e) from e
+        if isinstance(e, TypeError):
+            raise ConfigError(f"backbone.kwargs={kwargs} does not fit {b.name}: {e}") from e
+        raise
+    if b.weights:
+        load_weights(model, resolve_weights_path(b.weights))
+    return model
+
+
+def _looks_like_download_failure(e: Exception) -> bool:
+    text = f"{type(e).__name__} {e}".lower()
+    return any(
+        s in text
+        for s in ("offline", "connection", "resolve", "hub", "url", "http", "not found", "entry")
+    )
+
+
+def _hub_error(name: str, e: Exception) -> WeightsError:
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+    why = "the hub is unreachable (offline)" if offline else "they could not be fetched"
+    return WeightsError(
+        f"backbone.pretrained=true needs timm hub weights for {name!r}, but {why} and they are "
+        "not in the local cache. Fix: run once with network access to cache them, or pass a "
+        "local file with backbone.weights=/path/to/weights.safetensors backbone.pretrained=false, "
+        f"or train from scratch with backbone.pretrained=false. ({type(e).__name__}: {e})"
+    )
+
+
+def resolve_weights_path(weights: str) -> Path:
+    """A local path, or an MLflow artifact URI (runs:/..., models:/...) downloaded first."""
+    if "://" in weights or weights.startswith("runs:/") or weights.startswith("models:/"):
+        import mlflow
+
+        try:
+            return Path(mlflow.artifacts.download_artifacts(artifact_uri=weights))
+        except Exception as e:
+            raise WeightsError(
+                f"backbone.weights={weights!r} could not be downloaded from MLflow "
+                f"({type(e).__name__}: {e}). Check the run id and tracking.uri."
+            ) from e
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise WeightsError(
+            f"backbone.weights={weights!r} does not exist or is not a file. "
+            "Pass a .safetensors or .pth state dict (e.g. a run's checkpoint/model.safetensors)."
+        )
+    return path
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    import torch
+
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as e:
+            raise WeightsError(f"backbone.weights={str(path)!r} is not a readable safetensors file: {e}") from e
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise WeightsError(
+            f"backbone.weights={str(path)!r} could not be loaded as a plain state dict "
+            f"(weights_only=True refuses pickled objects): {e}"
+        ) from e
+    for key in ("state_dict", "model", "state_dict_ema", "model_ema"):  # common wrappers
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightsError(f"backbone.weights={str(path)!r} does not hold a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def classifier_prefixes(model: torch.nn.Module) -> tuple[str, ...]:
+    clf = model.get_classifier()
+    ids = {id(p) for p in clf.parameters()}
+    names = [n for n, p in model.named_parameters() if id(p) in ids]
+    return tuple(sorted({n.rsplit(".", 1)[0] + "." for n in names}))
+
+
+def load_weights(model: torch.nn.Module, path: Path) -> None:
+    """Load a state dict into `model`; a classifier of another shape is skipped, all else must fit."""
+    state = read_state_dict(path)
+    own = model.state_dict()
+    heads = classifier_prefixes(model)
+    skipped = []
+    for k in list(state):
+        if k.startswith(heads) and (k not in own or own[k].shape != state[k].shape):
+            skipped.append(k)
+            del state[k]
+    missing = [k for k in own if k not in state and not k.startswith(heads)]
+    unexpected = [k for k in state if k not in own]
+    wrong = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in state
+        if k in own and state[k].shape != own[k].shape
+    ]
+    if missing or unexpected or wrong:
+        parts = []
+        if wrong:
+            parts.append(f"{len(wrong)} with other shapes (file vs model): {', '.join(wrong[:3])}")
+        if missing:
+            parts.append(f"{len(missing)} missing from the file: {', '.join(missing[:3])}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} not in the model: {', '.join(unexpected[:3])}")
+        raise WeightsError(
+            f"backbone.weights={str(path)!r} does not fit backbone {type(model).__name__} "
+            f"({'; '.join(parts)}). Use weights saved from the same backbone.name and kwargs."
+        )
+    model.load_state_dict(state, strict=False)
+    if skipped:
+        log.info("weights: kept a fresh classifier (the file's head has another shape)")

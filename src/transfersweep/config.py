@@ -1,0 +1,211 @@
+"""Structured config schemas: every key in conf/ is declared and typed here.
+
+`conf/train.yaml` puts `train_schema` first in its defaults list, so Hydra
+merges every group option into these dataclasses at composition time: an
+unknown key or a value of the wrong type fails before anything is imported or
+trained (also under `--cfg job`). Checks that types cannot express (ranges,
+names that depend on each other) live in `validate()`.
+
+Only dataclasses and OmegaConf here: this module is imported on every start,
+so it must stay cheap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from transfersweep.errors import ConfigError
+
+
+class FreezeStrategy(str, Enum):
+    last_layer = "last_layer"
+    last_blocks = "last_blocks"
+    full = "full"
+
+
+class StageData(str, Enum):
+    source = "source"
+    target = "target"
+    joint = "joint"
+
+
+@dataclass
+class BackboneConfig:
+    name: str = MISSING  # any timm model name (optionally with a pretrained tag: resnet18.a1_in1k)
+    pretrained: bool = False  # timm hub weights (needs the network or the local hub cache)
+    weights: str | None = None  # local .safetensors/.pth state dict, or runs:/<id>/checkpoint/model.safetensors
+    drop_rate: float = 0.0
+    kwargs: dict[str, Any] = field(default_factory=dict)  # extra timm.create_model kwargs
+
+
+@dataclass
+class DatasetConfig:
+    kind: str = MISSING  # digits | imagefolder | torchvision
+    root: str | None = None  # imagefolder: folder of class folders; torchvision: data set root
+    name: str | None = None  # torchvision: class name in torchvision.datasets (CIFAR10, ...)
+    classes: list[Any] | None = None  # subset (and order) of classes; null = all
+    k_shot: int | None = None  # at most k training images per class; null = all
+    download: bool = False  # torchvision only
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING
+    source: DatasetConfig = field(default_factory=DatasetConfig)
+    target: DatasetConfig = field(default_factory=DatasetConfig)
+    image_size: int = 32
+    val_fraction: float = 0.2  # of each class, when the data set has no val split of its own
+    test_fraction: float = 0.2  # likewise, for a test split
+    split_seed: int = 0  # fixed apart from `seed` so repeats of a trial see the same splits
+    augment: bool = False  # random crop + flip on training batches
+    batch_size: int = 64
+    num_workers: int = 0  # image decoding processes for data sets read from disk
+    joint_target_share: float = 0.5  # share of target images in each joint-training epoch
+    memory_budget_mb: int = 2048  # decode once into memory when a split fits, else read per epoch
+
+
+@dataclass
+class StageSpec:
+    name: str = MISSING  # metric prefix: pretrain, finetune, joint, target
+    data: StageData = MISSING
+
+
+@dataclass
+class RegimeConfig:
+    name: str = MISSING
+    stages: list[StageSpec] = field(default_factory=list)
+
+
+@dataclass
+class FreezeConfig:
+    strategy: FreezeStrategy = FreezeStrategy.full
+    n_blocks: int = 1  # last_blocks only: how many of timm's coarse blocks train (plus the head)
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = "adamw"  # any timm.optim.create_optimizer_v2 name
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    momentum: float = 0.9  # sgd-type optimizers only
+    scheduler: str = "cosine"  # cosine | none
+    warmup_epochs: int = 0
+
+
+@dataclass
+class TrainerConfig:
+    source_epochs: int = 15  # stages that train on the source set alone
+    target_epochs: int = 40  # stages that see target data (finetune, joint, target)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 elsewhere) | fp32 | bf16 | fp16
+    channels_last: bool = False
+    threads: int | None = None  # torch intra-op threads; null = torch's default
+    eval_batch_size: int = 256
+
+
+@dataclass
+class TrackingConfig:
+    enabled: bool = True
+    uri: str | None = None  # null: sqlite:///<paths.outputs>/mlflow.db
+    experiment: str = "transfersweep"
+    artifact_location: str | None = None  # null: <paths.outputs>/mlartifacts (new experiments only)
+    run_name: str | None = None  # null: <regime>+<freeze>
+    log_checkpoint: bool = True
+    parent_run_id: str | None = None  # nest this run under another (sweeps set it)
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class PathsConfig:
+    outputs: str = "outputs"
+
+
+@dataclass
+class TrainConfig:
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    regime: RegimeConfig = field(default_factory=RegimeConfig)
+    freeze: FreezeConfig = field(default_factory=FreezeConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    seed: int = 0
+
+
+def register_schemas() -> None:
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+
+
+def _check(ok: bool, key: str, value: Any, fix: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is invalid: {fix}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Range and consistency checks that the schema's types cannot express."""
+    d, t, o = cfg.data, cfg.trainer, cfg.optimizer
+    _check(d.image_size >= 8, "data.image_size", d.image_size, "use at least 8 pixels")
+    _check(d.batch_size >= 1, "data.batch_size", d.batch_size, "use a positive batch size")
+    _check(d.num_workers >= 0, "data.num_workers", d.num_workers, "use 0 or more workers")
+    for key in ("val_fraction", "test_fraction"):
+        v = d[key]
+        _check(0.0 < v < 1.0, f"data.{key}", v, "use a fraction strictly between 0 and 1")
+    _check(
+        d.val_fraction + d.test_fraction < 1.0,
+        "data.val_fraction+data.test_fraction",
+        d.val_fraction + d.test_fraction,
+        "leave some images for training (sum below 1)",
+    )
+    _check(
+        0.0 < d.joint_target_share < 1.0,
+        "data.joint_target_share",
+        d.joint_target_share,
+        "use a share strictly between 0 and 1",
+    )
+    for side in ("source", "target"):
+        k = d[side].k_shot
+        _check(k is None or k >= 1, f"data.{side}.k_shot", k, "use null (all) or at least 1")
+    for key in ("source_epochs", "target_epochs"):
+        _check(t[key] >= 1, f"trainer.{key}", t[key], "train for at least 1 epoch")
+    _check(
+        t.precision in ("auto", "fp32", "bf16", "fp16"),
+        "trainer.precision",
+        t.precision,
+        "choose auto, fp32, bf16 or fp16",
+    )
+    _check(t.threads is None or t.threads >= 1, "trainer.threads", t.threads, "null or >= 1")
+    _check(o.lr > 0, "optimizer.lr", o.lr, "use a positive learning rate")
+    _check(o.weight_decay >= 0, "optimizer.weight_decay", o.weight_decay, "use 0 or more")
+    _check(
+        o.scheduler in ("cosine", "none"),
+        "optimizer.scheduler",
+        o.scheduler,
+        "choose cosine or none",
+    )
+    _check(o.warmup_epochs >= 0, "optimizer.warmup_epochs", o.warmup_epochs, "use 0 or more")
+    _check(
+        len(cfg.regime.stages) >= 1,
+        "regime.stages",
+        OmegaConf.to_container(cfg.regime.stages),
+        "a regime needs at least one stage; pick one with regime=<name>",
+    )
+    last = cfg.regime.stages[-1]
+    _check(
+        last.data != StageData.source,
+        "regime.stages",
+        OmegaConf.to_container(cfg.regime.stages),
+        "the last stage must train on target or joint data (the objective is a target metric)",
+    )
+    _check(
+        cfg.freeze.n_blocks >= 1,
+        "freeze.n_blocks",
+        cfg.freeze.n_blocks,
+        "train at least 1 block, or use freeze=last_layer",
+    )

@@ -1,0 +1,118 @@
+"""Batches of uint8 images, and their preprocessing on the training device.
+
+`Batches` draws index batches itself (seeded) and gathers them from memory,
+which for small in-memory sets is far cheaper than a per-sample DataLoader;
+on-disk sets go through a DataLoader with workers and the same index batches.
+`Preprocess` turns uint8 batches into normalised floats on the device, with
+optional augmentation, so the host only moves bytes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+
+from transfersweep.data.images import FileImages, ImageSet
+
+
+class Batches:
+    """Iterate (uint8 images, labels) over `images`.
+
+    shuffle=True draws a new order each epoch from a seeded generator.
+    `target_share` (joint training) with `n_target` makes each batch hold that
+    share of the first `n_target` items (the target set), drawn cyclically, the
+    rest from the others; the epoch length stays len(images) items.
+    """
+
+    def __init__(
+        self,
+        images: ImageSet,
+        batch_size: int,
+        shuffle: bool,
+        seed: int = 0,
+        num_workers: int = 0,
+        n_target: int | None = None,
+        target_share: float | None = None,
+        pin_memory: bool = False,
+    ):
+        self.images, self.batch_size, self.shuffle = images, batch_size, shuffle
+        self.gen = torch.Generator().manual_seed(seed)
+        self.num_workers, self.pin_memory = num_workers, pin_memory
+        self.n_target, self.target_share = n_target, target_share
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.images) / self.batch_size)
+
+    def index_batches(self) -> list[torch.Tensor]:
+        n = len(self.images)
+        if self.target_share is not None and self.n_target:
+            return self._joint_batches(n)
+        order = torch.randperm(n, generator=self.gen) if self.shuffle else torch.arange(n)
+        return list(order.split(self.batch_size))
+
+    def _joint_batches(self, n: int) -> list[torch.Tensor]:
+        nt, ns = self.n_target, n - self.n_target
+        per_t = max(1, round(self.batch_size * self.target_share))
+        per_s = self.batch_size - per_t
+        n_batches = len(self)
+        t = _cycle(torch.randperm(nt, generator=self.gen), n_batches * per_t, self.gen)
+        s = _cycle(torch.randperm(ns, generator=self.gen) + nt, n_batches * per_s, self.gen)
+        return [torch.cat([t[i * per_t : (i + 1) * per_t], s[i * per_s : (i + 1) * per_s]]) for i in range(n_batches)]
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        batches = self.index_batches()
+        if isinstance(self.images, FileImages):
+            loader = torch.utils.data.DataLoader(
+                self.images,
+                batch_sampler=[b.tolist() for b in batches],
+                num_workers=self.num_workers,
+                pin_memory=self.pin_memory,
+                persistent_workers=False,
+            )
+            for b, x in zip(batches, loader, strict=True):
+                yield x, self.images.labels[b]
+            return
+        for b in batches:
+            x, y = self.images.batch(b), self.images.labels[b]
+            if self.pin_memory:
+                x, y = x.pin_memory(), y.pin_memory()
+            yield x, y
+
+
+def _cycle(order: torch.Tensor, length: int, gen: torch.Generator) -> torch.Tensor:
+    """`length` items: `order`, then fresh permutations of it, repeated as needed."""
+    reps = [order]
+    while sum(len(r) for r in reps) < length:
+        reps.append(order[torch.randperm(len(order), generator=gen)])
+    return torch.cat(reps)[:length]
+
+
+class Preprocess(torch.nn.Module):
+    """uint8 (B,3,S,S) -> normalised float on the device; optional random shift + flip."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], augment: bool = False):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1) * 255)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1) * 255)
+        self.augment = augment
+
+    def forward(self, x: torch.Tensor, train: bool = False) -> torch.Tensor:
+        x = (x.float() - self.mean) / self.std
+        if train and self.augment:
+            x = _random_shift_flip(x)
+        return x
+
+
+def _random_shift_flip(x: torch.Tensor) -> torch.Tensor:
+    """Random translation by up to 1/8 of the size (zero padding) and horizontal flip, per image."""
+    b = x.shape[0]
+    theta = torch.zeros(b, 2, 3, device=x.device)
+    flip = torch.where(torch.rand(b, device=x.device) < 0.5, -1.0, 1.0)
+    theta[:, 0, 0] = flip
+    theta[:, 1, 1] = 1.0
+    theta[:, :, 2] = (torch.rand(b, 2, device=x.device) * 2 - 1) * 0.25  # 1/8 of the side, grid is [-1, 1]
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)

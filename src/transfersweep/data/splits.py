@@ -1,0 +1,76 @@
+"""Seeded, stratified train/val/test splits and the per-class k-shot limit.
+
+Splits depend only on the data, the fractions and `data.split_seed`, never on the
+training seed, so repeated trials and different paradigms see the same images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from transfersweep.data.images import ImageSet
+from transfersweep.data.sources import Pool
+from transfersweep.errors import DataError
+
+
+@dataclass
+class Splits:
+    classes: list[str]
+    train: ImageSet
+    val: ImageSet
+    test: ImageSet
+    skipped_files: int = 0
+
+    def sizes(self) -> dict[str, int]:
+        return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
+
+
+def _per_class(labels: torch.Tensor, n_classes: int, gen: torch.Generator) -> list[torch.Tensor]:
+    """Indices of each class in a seeded random order."""
+    perm = torch.randperm(len(labels), generator=gen)
+    return [perm[labels[perm] == c] for c in range(n_classes)]
+
+
+def split(pool: Pool, val_fraction: float, test_fraction: float, seed: int, k_shot: int | None, side: str) -> Splits:
+    gen = torch.Generator().manual_seed(seed)
+    train = pool.parts["train"]
+    holdout = {"val": val_fraction, "test": test_fraction}
+    cut = {name: frac for name, frac in holdout.items() if name not in pool.parts}
+    idx: dict[str, list[torch.Tensor]] = {"train": [], "val": [], "test": []}
+    for c, members in enumerate(_per_class(train.labels, len(pool.classes), gen)):
+        n, need = len(members), 1 + len(cut)
+        if n < need:
+            raise DataError(
+                f"data.{side}: class {pool.classes[c]!r} has {n} image(s); it needs at least {need} "
+                f"to give train{'/' + '/'.join(cut) if cut else ''} images. Add images, or provide "
+                "train/ val/ test/ folders."
+            )
+        start = 0
+        for name, frac in cut.items():
+            take = max(1, round(n * frac))
+            take = min(take, n - start - 1)  # keep at least one training image
+            idx[name].append(members[start : start + take])
+            start += take
+        idx["train"].append(members[start:])
+    train_idx = idx["train"]
+    if k_shot is not None:
+        short = [(pool.classes[c], len(m)) for c, m in enumerate(train_idx) if len(m) < k_shot]
+        if short:
+            cls, have = min(short, key=lambda s: s[1])
+            raise DataError(
+                f"data.{side}.k_shot={k_shot} but class {cls!r} has only {have} training image(s) "
+                f"after the val/test split ({len(short)} class(es) short). Lower data.{side}.k_shot "
+                f"to at most {have}, or add images."
+            )
+        train_idx = [m[:k_shot] for m in train_idx]
+    parts = {"train": train.subset(torch.sort(torch.cat(train_idx)).values)}
+    for name in ("val", "test"):
+        if name in pool.parts:
+            parts[name] = pool.parts[name]
+        else:
+            parts[name] = train.subset(torch.sort(torch.cat(idx[name])).values)
+        if len(parts[name]) == 0:
+            raise DataError(f"data.{side}: the {name} split is empty; add images to its folder")
+    return Splits(pool.classes, parts["train"], parts["val"], parts["test"], pool.skipped_files)

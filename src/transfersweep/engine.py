@@ -1,0 +1,193 @@
+"""The training loop: one stage = epochs of (train, validate), keeping the best weights.
+
+Plain PyTorch in the spirit of nanoGPT's loop: no trainer class, no callbacks
+beyond `on_epoch`. Metrics are accumulated on the device and read once per
+epoch, so the loop does not synchronise with the GPU on every step.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+
+from transfersweep import freezing
+from transfersweep.data import Batches, Preprocess
+from transfersweep.errors import TransferSweepError
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(TransferSweepError):
+    """Training diverged (non-finite loss) or ran out of memory."""
+
+
+@dataclass
+class Runtime:
+    """Where and how tensors run: device, autocast dtype, memory format."""
+
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    channels_last: bool
+
+    @classmethod
+    def from_cfg(cls, t: DictConfig) -> Runtime:
+        if t.device == "auto":
+            name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+        else:
+            name = t.device
+        device = torch.device(name)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            from transfersweep.errors import ConfigError
+
+            raise ConfigError(f"trainer.device={t.device!r} but CUDA is not available: use trainer.device=auto or cpu")
+        precision = t.precision
+        if precision == "auto":
+            precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+        amp = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+        return cls(device, amp, bool(t.channels_last))
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def to_device(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        if self.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+
+@dataclass
+class EpochStats:
+    epoch: int
+    train_loss: float
+    train_acc: float
+    val_loss: float
+    val_acc: float
+    lr: float
+    images_per_s: float
+    seconds: float
+
+
+@dataclass
+class FitResult:
+    best_val_acc: float = -1.0
+    best_epoch: int = 0
+    best_state: dict[str, torch.Tensor] | None = None
+    history: list[EpochStats] = field(default_factory=list)
+    train_seconds: float = 0.0
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module, batches: Batches, prep: Preprocess, rt: Runtime, n_classes: int | None = None
+) -> tuple[float, float]:
+    """Mean loss and accuracy; with `n_classes`, only the first n logits count (target head of a joint model)."""
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), device=rt.device)
+    correct = torch.zeros((), device=rt.device, dtype=torch.long)
+    n = 0
+    for x, y in batches:
+        x, y = rt.to_device(x), y.to(rt.device, non_blocking=True)
+        with rt.autocast():
+            logits = model(prep(x))
+        logits = logits.float()
+        if n_classes is not None:
+            logits = logits[:, :n_classes]
+        loss_sum += F.cross_entropy(logits, y, reduction="sum")
+        correct += (logits.argmax(1) == y).sum()
+        n += len(y)
+    model.train(was_training)
+    return (loss_sum.item() / max(n, 1), correct.item() / max(n, 1))
+
+
+def make_optimizer(model: torch.nn.Module, o: DictConfig, steps: int, warmup_steps: int):
+    from timm.optim import create_optimizer_v2
+
+    kwargs = {"momentum": o.momentum} if "sgd" in o.name or "momentum" in o.name else {}
+    opt = create_optimizer_v2(model, opt=o.name, lr=o.lr, weight_decay=o.weight_decay, **kwargs)
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if o.scheduler == "none":
+            return 1.0
+        progress = (step - warmup_steps) / max(1, steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def fit(
+    model: torch.nn.Module,
+    train: Batches,
+    val: Batches,
+    prep: Preprocess,
+    rt: Runtime,
+    cfg: DictConfig,
+    epochs: int,
+    n_eval_classes: int | None = None,
+    on_epoch: Callable[[EpochStats], None] | None = None,
+) -> FitResult:
+    """Train `model`'s trainable parameters for `epochs`; the returned best_state has the best val accuracy."""
+    steps = epochs * len(train)
+    opt, sched = make_optimizer(model, cfg.optimizer, steps, cfg.optimizer.warmup_epochs * len(train))
+    scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.amp_dtype == torch.float16)
+    frozen = freezing.frozen_modules(model)
+    result = FitResult()
+    for epoch in range(1, epochs + 1):
+        t0 = time.perf_counter()
+        freezing.train_mode(model, frozen)
+        loss_sum = torch.zeros((), device=rt.device)
+        correct = torch.zeros((), device=rt.device, dtype=torch.long)
+        seen = 0
+        lr = opt.param_groups[0]["lr"]
+        for x, y in train:
+            x, y = rt.to_device(x), y.to(rt.device, non_blocking=True)
+            with rt.autocast():
+                logits = model(prep(x, train=True))
+                loss = F.cross_entropy(logits.float(), y)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            loss_sum += loss.detach() * len(y)
+            correct += (logits.detach().argmax(1) == y).sum()
+            seen += len(y)
+        train_loss = loss_sum.item() / max(seen, 1)
+        if not math.isfinite(train_loss):
+            raise TrainingError(
+                f"non-finite loss at epoch {epoch}: lower optimizer.lr (now {cfg.optimizer.lr}) "
+                "or use trainer.precision=fp32"
+            )
+        train_seconds = time.perf_counter() - t0
+        result.train_seconds += train_seconds
+        val_loss, val_acc = evaluate(model, val, prep, rt, n_eval_classes)
+        stats = EpochStats(
+            epoch=epoch,
+            train_loss=train_loss,
+            train_acc=correct.item() / max(seen, 1),
+            val_loss=val_loss,
+            val_acc=val_acc,
+            lr=lr,
+            images_per_s=seen / max(train_seconds, 1e-9),
+            seconds=time.perf_counter() - t0,
+        )
+        result.history.append(stats)
+        if val_acc > result.best_val_acc:
+            result.best_val_acc, result.best_epoch = val_acc, epoch
+            result.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        if on_epoch is not None:
+            on_epoch(stats)
+    return result

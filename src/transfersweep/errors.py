@@ -1,0 +1,17 @@
+"""User-facing errors: raised before or during a run, printed without a traceback."""
+
+
+class TransferSweepError(Exception):
+    """Base class: something the user can fix (config, data, weights)."""
+
+
+class ConfigError(TransferSweepError):
+    """A config value is invalid or cannot apply (names the key and the fix)."""
+
+
+class DataError(TransferSweepError):
+    """A data set is missing, empty or cannot provide what the config asks for."""
+
+
+class WeightsError(TransferSweepError):
+    """Weights cannot be fetched or do not fit the backbone."""

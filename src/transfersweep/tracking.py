@@ -1,0 +1,171 @@
+"""MLflow tracking: one run per invocation, always ended FINISHED, FAILED or KILLED.
+
+Uses `MlflowClient` with explicit run ids rather than mlflow's global "active
+run", so a failed trial cannot leak an active run into the next in-process
+trial. Metrics go out in one `log_batch` per epoch (off the hot path).
+
+Default store: `sqlite:///<abs paths.outputs>/mlflow.db`, artifacts under
+`<paths.outputs>/mlartifacts`; absolute, so every Hydra job dir shares them.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+UI_PORT = 5000
+_URL_PASSWORD = re.compile(r"(//[^:/@\s]+:)[^@/\s]+@")
+
+
+def redact(text: str) -> str:
+    """Hide passwords in URLs (postgresql://user:secret@host -> user:***@host)."""
+    return _URL_PASSWORD.sub(r"\1***@", text)
+
+
+def outputs_dir(cfg: DictConfig) -> Path:
+    return Path(cfg.paths.outputs).expanduser().resolve()
+
+
+def tracking_uri(cfg: DictConfig) -> str:
+    if cfg.tracking.uri:
+        return str(cfg.tracking.uri)
+    out = outputs_dir(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{out / 'mlflow.db'}"
+
+
+def artifact_location(cfg: DictConfig) -> str | None:
+    if cfg.tracking.artifact_location:
+        return str(cfg.tracking.artifact_location)
+    if cfg.tracking.uri and not str(cfg.tracking.uri).startswith("sqlite"):
+        return None  # a tracking server decides where artifacts go
+    return (outputs_dir(cfg) / "mlartifacts").as_uri()
+
+
+def flatten(cfg: DictConfig) -> dict[str, str]:
+    """Resolved config as `a.b.c -> str(value)`, the form MLflow params take."""
+    out: dict[str, str] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, Mapping):
+            if not node and prefix:
+                out[prefix] = "{}"
+            for k, v in node.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        else:
+            value = node.value if isinstance(node, Enum) else node
+            out[prefix] = redact(str(value))[:6000]
+
+    walk("", OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
+    return out
+
+
+class Run:
+    """A live MLflow run with batched logging; `None`-safe when tracking is off."""
+
+    def __init__(self, client: Any, run_id: str, experiment_id: str, uri: str):
+        self.client, self.run_id, self.experiment_id, self.uri = client, run_id, experiment_id, uri
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        self.client.log_batch(
+            self.run_id, metrics=[Metric(k, float(v), ts, step or 0) for k, v in metrics.items()]
+        )
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.run_id, tags=[RunTag(k, redact(str(v))[:5000]) for k, v in tags.items()])
+
+    def log_dir(self, local_dir: Path, artifact_path: str) -> None:
+        self.client.log_artifacts(self.run_id, str(local_dir), artifact_path)
+
+    def ui_url(self, host: str = "127.0.0.1", port: int = UI_PORT) -> str:
+        return f"http://{host}:{port}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
+
+
+class NoRun(Run):
+    """tracking.enabled=false: same interface, logs nothing."""
+
+    def __init__(self) -> None:
+        super().__init__(None, "-", "-", "-")
+
+    def log_params(self, params: Mapping[str, Any]) -> None: ...
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None: ...
+    def set_tags(self, tags: Mapping[str, Any]) -> None: ...
+    def log_dir(self, local_dir: Path, artifact_path: str) -> None: ...
+
+
+def experiment_id(client: Any, name: str, location: str | None) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except Exception:  # another process created it first
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+@contextmanager
+def start(cfg: DictConfig, run_name: str, tags: Mapping[str, Any]) -> Iterator[Run]:
+    """Open a run; on exit it is FINISHED, or FAILED (error tag) / KILLED on interrupt, then re-raised."""
+    if not cfg.tracking.enabled:
+        yield NoRun()
+        return
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri(cfg)
+    client = MlflowClient(tracking_uri=uri)
+    exp_id = experiment_id(client, cfg.tracking.experiment, artifact_location(cfg))
+    all_tags = {"mlflow.runName": run_name, **{k: str(v) for k, v in tags.items()}}
+    if cfg.tracking.parent_run_id:
+        all_tags["mlflow.parentRunId"] = cfg.tracking.parent_run_id
+    mlrun = client.create_run(exp_id, run_name=run_name, tags=all_tags)
+    run = Run(client, mlrun.info.run_id, exp_id, uri)
+    try:
+        yield run
+    except BaseException as e:
+        status = "KILLED" if isinstance(e, (KeyboardInterrupt, SystemExit)) else "FAILED"
+        try:
+            run.set_tags({"error": f"{type(e).__name__}: {e}", "error_type": type(e).__name__})
+        finally:
+            client.set_terminated(run.run_id, status=status)
+        raise
+    client.set_terminated(run.run_id, status="FINISHED")
+
+
+def save_checkpoint(
+    run: Run, state: Mapping[str, Any], cfg: DictConfig, info: Mapping[str, Any], artifact_path: str = "checkpoint"
+) -> None:
+    """Log `model.safetensors` + `config.yaml` (the resolved config and what the head predicts)."""
+    if isinstance(run, NoRun):
+        return
+    from safetensors.torch import save_file
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "model.safetensors"))
+        doc = OmegaConf.create({"checkpoint": dict(info), "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)})
+        (tmp_path / "config.yaml").write_text(redact(OmegaConf.to_yaml(doc)))
+        run.log_dir(tmp_path, artifact_path)

@@ -1,0 +1,90 @@
+"""Shared fixtures: real Hydra composition, real MLflow stores in temp dirs, tiny timm models."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+# Tiny and quick: timm's test ResNet at 16 px, one epoch per stage.
+FAST = [
+    "backbone=tiny",
+    "data.image_size=16",
+    "trainer.source_epochs=1",
+    "trainer.target_epochs=2",
+    "trainer.device=cpu",
+    "trainer.threads=1",
+]
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # in-process tests never reach for the hub
+
+
+def compose(overrides: list[str], outputs: Path | None = None):
+    """Compose conf/train.yaml exactly as the entrypoint does (schema included)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    import transfersweep.train  # noqa: F401  (registers the schema)
+
+    extra = [f"paths.outputs={outputs}"] if outputs else []
+    with initialize_config_dir(config_dir=str(CONF)):
+        return hydra_compose("train", overrides=overrides + extra)
+
+
+def cli(args: list[str], cwd: Path, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run the real entrypoint in a fresh process."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "transfersweep.train", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+    )
+
+
+def runs(outputs: Path, experiment: str = "transfersweep"):
+    """All MLflow runs of the default store under `outputs`, via the real client."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{outputs / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return client, []
+    return client, client.search_runs([exp.experiment_id], max_results=1000)
+
+
+@pytest.fixture
+def outputs(tmp_path: Path) -> Path:
+    out = tmp_path / "outputs"
+    out.mkdir()
+    return out
+
+
+def write_image_folder(root: Path, classes: dict[str, int], size: int = 20, seed: int = 0) -> Path:
+    """Class folders of small PNGs whose colour depends on the class (learnable, no download)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for ci, (name, n) in enumerate(classes.items()):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            base = np.zeros((size, size + 4, 3), dtype=np.uint8)
+            base[..., ci % 3] = 200
+            noise = rng.integers(0, 40, size=base.shape, dtype=np.uint8)
+            Image.fromarray(base + noise).save(folder / f"{i}.png")
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path):
+    return lambda name, classes, **kw: write_image_folder(tmp_path / name, classes, **kw)
