@@ -38,7 +38,9 @@ def compose(overrides: list[str], outputs: Path | None = None):
         return hydra_compose("train", overrides=overrides + extra)
 
 
-def cli(args: list[str], cwd: Path, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+def cli(
+    args: list[str], cwd: Path, timeout: float = 600, env: dict | None = None
+) -> subprocess.CompletedProcess:
     """Run the real entrypoint in a fresh process."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run(

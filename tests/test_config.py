@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from conftest import CONF, ROOT, cli, compose
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
+from conftest import CONF, ROOT, cli, compose
 from transfersweep.config import validate
 from transfersweep.errors import ConfigError
 
@@ -31,8 +31,17 @@ def test_required_groups_exist():
         assert any((CONF / g).glob("*.yaml")), g
     backbones = {p.stem for p in (CONF / "backbone").glob("*.yaml")}
     assert {"resnet18", "efficientnet_b0", "convnext_atto", "vit_tiny", "tiny"} <= backbones
-    assert {p.stem for p in (CONF / "regime").glob("*.yaml")} == {"pretrain_finetune", "joint", "pretrain_joint", "target_only"}
-    assert {p.stem for p in (CONF / "freeze").glob("*.yaml")} == {"last_layer", "last_blocks", "full"}
+    assert {p.stem for p in (CONF / "regime").glob("*.yaml")} == {
+        "pretrain_finetune",
+        "joint",
+        "pretrain_joint",
+        "target_only",
+    }
+    assert {p.stem for p in (CONF / "freeze").glob("*.yaml")} == {
+        "last_layer",
+        "last_blocks",
+        "full",
+    }
 
 
 def test_any_timm_name_without_a_file():

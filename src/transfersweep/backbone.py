@@ -100,7 +100,9 @@ def create(cfg: DictConfig, num_classes: int) -> torch.nn.Module:
             raise ConfigError(f"backbone.kwargs={kwargs} does not fit {b.name}: {e}") from e
         raise
     if b.weights:
-        load_weights(model, resolve_weights_path(b.weights))
+        from transfersweep.tracking import tracking_uri
+
+        load_weights(model, resolve_weights_path(b.weights, tracking_uri(cfg)))
     return model
 
 
@@ -123,13 +125,15 @@ def _hub_error(name: str, e: Exception) -> WeightsError:
     )
 
 
-def resolve_weights_path(weights: str) -> Path:
+def resolve_weights_path(weights: str, tracking_uri: str | None = None) -> Path:
     """A local path, or an MLflow artifact URI (runs:/..., models:/...) downloaded first."""
     if "://" in weights or weights.startswith("runs:/") or weights.startswith("models:/"):
         import mlflow
 
         try:
-            return Path(mlflow.artifacts.download_artifacts(artifact_uri=weights))
+            return Path(
+                mlflow.artifacts.download_artifacts(artifact_uri=weights, tracking_uri=tracking_uri)
+            )
         except Exception as e:
             raise WeightsError(
                 f"backbone.weights={weights!r} could not be downloaded from MLflow "
@@ -153,7 +157,9 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         try:
             return load_file(str(path))
         except Exception as e:
-            raise WeightsError(f"backbone.weights={str(path)!r} is not a readable safetensors file: {e}") from e
+            raise WeightsError(
+                f"backbone.weights={str(path)!r} is not a readable safetensors file: {e}"
+            ) from e
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:

@@ -37,7 +37,9 @@ class StageData(str, Enum):
 class BackboneConfig:
     name: str = MISSING  # any timm model name (optionally with a pretrained tag: resnet18.a1_in1k)
     pretrained: bool = False  # timm hub weights (needs the network or the local hub cache)
-    weights: str | None = None  # local .safetensors/.pth state dict, or runs:/<id>/checkpoint/model.safetensors
+    weights: str | None = (
+        None  # local .safetensors/.pth state dict, or runs:/<id>/checkpoint/model.safetensors
+    )
     drop_rate: float = 0.0
     kwargs: dict[str, Any] = field(default_factory=dict)  # extra timm.create_model kwargs
 

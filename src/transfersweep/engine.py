@@ -40,17 +40,27 @@ class Runtime:
     @classmethod
     def from_cfg(cls, t: DictConfig) -> Runtime:
         if t.device == "auto":
-            name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+            name = (
+                "cuda"
+                if torch.cuda.is_available()
+                else "mps"
+                if torch.backends.mps.is_available()
+                else "cpu"
+            )
         else:
             name = t.device
         device = torch.device(name)
         if device.type == "cuda" and not torch.cuda.is_available():
             from transfersweep.errors import ConfigError
 
-            raise ConfigError(f"trainer.device={t.device!r} but CUDA is not available: use trainer.device=auto or cpu")
+            raise ConfigError(
+                f"trainer.device={t.device!r} but CUDA is not available: use trainer.device=auto or cpu"
+            )
         precision = t.precision
         if precision == "auto":
-            precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+            precision = (
+                "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+            )
         amp = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
         return cls(device, amp, bool(t.channels_last))
 
@@ -89,7 +99,11 @@ class FitResult:
 
 @torch.no_grad()
 def evaluate(
-    model: torch.nn.Module, batches: Batches, prep: Preprocess, rt: Runtime, n_classes: int | None = None
+    model: torch.nn.Module,
+    batches: Batches,
+    prep: Preprocess,
+    rt: Runtime,
+    n_classes: int | None = None,
 ) -> tuple[float, float]:
     """Mean loss and accuracy; with `n_classes`, only the first n logits count (target head of a joint model)."""
     was_training = model.training
@@ -141,7 +155,9 @@ def fit(
 ) -> FitResult:
     """Train `model`'s trainable parameters for `epochs`; the returned best_state has the best val accuracy."""
     steps = epochs * len(train)
-    opt, sched = make_optimizer(model, cfg.optimizer, steps, cfg.optimizer.warmup_epochs * len(train))
+    opt, sched = make_optimizer(
+        model, cfg.optimizer, steps, cfg.optimizer.warmup_epochs * len(train)
+    )
     scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.amp_dtype == torch.float16)
     frozen = freezing.frozen_modules(model)
     result = FitResult()
@@ -167,9 +183,9 @@ def fit(
             seen += len(y)
         train_loss = loss_sum.item() / max(seen, 1)
         if not math.isfinite(train_loss):
+            hint = " or use trainer.precision=fp32" if rt.amp_dtype is not None else ""
             raise TrainingError(
-                f"non-finite loss at epoch {epoch}: lower optimizer.lr (now {cfg.optimizer.lr}) "
-                "or use trainer.precision=fp32"
+                f"non-finite loss at epoch {epoch}: lower optimizer.lr (now {cfg.optimizer.lr}){hint}"
             )
         train_seconds = time.perf_counter() - t0
         result.train_seconds += train_seconds
@@ -187,7 +203,9 @@ def fit(
         result.history.append(stats)
         if val_acc > result.best_val_acc:
             result.best_val_acc, result.best_epoch = val_acc, epoch
-            result.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            result.best_state = {
+                k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()
+            }
         if on_epoch is not None:
             on_epoch(stats)
     return result

@@ -43,7 +43,9 @@ class FreezePlan:
     total: int
 
 
-def apply(model: torch.nn.Module, strategy: FreezeStrategy | str, n_blocks: int, model_name: str) -> FreezePlan:
+def apply(
+    model: torch.nn.Module, strategy: FreezeStrategy | str, n_blocks: int, model_name: str
+) -> FreezePlan:
     """Set requires_grad for `strategy`; the classifier always trains."""
     strategy = FreezeStrategy(strategy)
     bl = blocks(model)

@@ -93,7 +93,9 @@ class Run:
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         from mlflow.entities import RunTag
 
-        self.client.log_batch(self.run_id, tags=[RunTag(k, redact(str(v))[:5000]) for k, v in tags.items()])
+        self.client.log_batch(
+            self.run_id, tags=[RunTag(k, redact(str(v))[:5000]) for k, v in tags.items()]
+        )
 
     def log_dir(self, local_dir: Path, artifact_path: str) -> None:
         self.client.log_artifacts(self.run_id, str(local_dir), artifact_path)
@@ -156,7 +158,11 @@ def start(cfg: DictConfig, run_name: str, tags: Mapping[str, Any]) -> Iterator[R
 
 
 def save_checkpoint(
-    run: Run, state: Mapping[str, Any], cfg: DictConfig, info: Mapping[str, Any], artifact_path: str = "checkpoint"
+    run: Run,
+    state: Mapping[str, Any],
+    cfg: DictConfig,
+    info: Mapping[str, Any],
+    artifact_path: str = "checkpoint",
 ) -> None:
     """Log `model.safetensors` + `config.yaml` (the resolved config and what the head predicts)."""
     if isinstance(run, NoRun):
@@ -165,7 +171,14 @@ def save_checkpoint(
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
-        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "model.safetensors"))
-        doc = OmegaConf.create({"checkpoint": dict(info), "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)})
+        save_file(
+            {k: v.contiguous() for k, v in state.items()}, str(tmp_path / "model.safetensors")
+        )
+        doc = OmegaConf.create(
+            {
+                "checkpoint": dict(info),
+                "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
+            }
+        )
         (tmp_path / "config.yaml").write_text(redact(OmegaConf.to_yaml(doc)))
         run.log_dir(tmp_path, artifact_path)

@@ -57,7 +57,10 @@ def run(cfg: DictConfig) -> float:
     model.to(rt.device)
     if rt.channels_last:
         model.to(memory_format=torch.channels_last)
-    mean, std = model.pretrained_cfg.get("mean", (0.5,) * 3), model.pretrained_cfg.get("std", (0.5,) * 3)
+    mean, std = (
+        model.pretrained_cfg.get("mean", (0.5,) * 3),
+        model.pretrained_cfg.get("std", (0.5,) * 3),
+    )
     prep = data_mod.Preprocess(mean, std, augment=cfg.data.augment).to(rt.device)
     pin = rt.device.type == "cuda"
     name = regime.paradigm(cfg)
@@ -91,7 +94,9 @@ def run(cfg: DictConfig) -> float:
         mlrun.log_metrics(sizes | {"data/skipped_files": skipped})
         result = None
         for i, stage in enumerate(stages):
-            model.reset_classifier(data.num_classes(stage.data))  # every stage starts from a fresh head
+            model.reset_classifier(
+                data.num_classes(stage.data)
+            )  # every stage starts from a fresh head
             model.to(rt.device)
             fp = freezing.apply(model, stage.freeze, stage.n_blocks, cfg.backbone.name)
             log.info(
@@ -105,7 +110,12 @@ def run(cfg: DictConfig) -> float:
                 fp.n_blocks,
                 fp.total_blocks,
             )
-            mlrun.log_metrics({f"{stage.name}/params_trainable": fp.trainable, f"{stage.name}/params_total": fp.total})
+            mlrun.log_metrics(
+                {
+                    f"{stage.name}/params_trainable": fp.trainable,
+                    f"{stage.name}/params_total": fp.total,
+                }
+            )
             n_eval = n_target if stage.data.value == "joint" else None
 
             def on_epoch(st: engine.EpochStats, stage=stage) -> None:
@@ -140,13 +150,25 @@ def run(cfg: DictConfig) -> float:
             )
             model.load_state_dict(result.best_state)
             mlrun.log_metrics(
-                {f"{stage.name}/best_val_acc": result.best_val_acc, f"{stage.name}/best_epoch": result.best_epoch}
+                {
+                    f"{stage.name}/best_val_acc": result.best_val_acc,
+                    f"{stage.name}/best_epoch": result.best_epoch,
+                }
             )
         assert result is not None
-        test_loss, test_acc = engine.evaluate(model, data.eval_batches(stages[-1].data, "test", cfg), prep, rt, n_target)
+        test_loss, test_acc = engine.evaluate(
+            model, data.eval_batches(stages[-1].data, "test", cfg), prep, rt, n_target
+        )
         val_acc = result.best_val_acc
         elapsed = time.perf_counter() - t_start
-        mlrun.log_metrics({"val_acc": val_acc, "test_acc": test_acc, "test_loss": test_loss, "train_seconds": elapsed})
+        mlrun.log_metrics(
+            {
+                "val_acc": val_acc,
+                "test_acc": test_acc,
+                "test_loss": test_loss,
+                "train_seconds": elapsed,
+            }
+        )
         if cfg.tracking.log_checkpoint:
             tracking.save_checkpoint(
                 mlrun,

@@ -36,9 +36,13 @@ class TransferData:
         assert self.source is not None, "this regime loaded no source data"
         return self.source
 
-    def train_batches(self, data: StageData, cfg: DictConfig, seed: int, pin_memory: bool = False) -> Batches:
+    def train_batches(
+        self, data: StageData, cfg: DictConfig, seed: int, pin_memory: bool = False
+    ) -> Batches:
         d = cfg.data
-        common = dict(batch_size=d.batch_size, seed=seed, num_workers=d.num_workers, pin_memory=pin_memory)
+        common = dict(
+            batch_size=d.batch_size, seed=seed, num_workers=d.num_workers, pin_memory=pin_memory
+        )
         if data == StageData.joint:
             src = self._source()
             union = concat(self.target.train, src.train, b_label_offset=len(self.target.classes))
@@ -52,7 +56,9 @@ class TransferData:
         part = self.target.train if data == StageData.target else self._source().train
         return Batches(part, shuffle=True, **common)
 
-    def eval_batches(self, data: StageData, split: str, cfg: DictConfig, pin_memory: bool = False) -> Batches:
+    def eval_batches(
+        self, data: StageData, split: str, cfg: DictConfig, pin_memory: bool = False
+    ) -> Batches:
         """Evaluation batches; joint stages evaluate on the target (the objective)."""
         s = self._source() if data == StageData.source else self.target
         return Batches(

@@ -60,7 +60,10 @@ class Batches:
         n_batches = len(self)
         t = _cycle(torch.randperm(nt, generator=self.gen), n_batches * per_t, self.gen)
         s = _cycle(torch.randperm(ns, generator=self.gen) + nt, n_batches * per_s, self.gen)
-        return [torch.cat([t[i * per_t : (i + 1) * per_t], s[i * per_s : (i + 1) * per_s]]) for i in range(n_batches)]
+        return [
+            torch.cat([t[i * per_t : (i + 1) * per_t], s[i * per_s : (i + 1) * per_s]])
+            for i in range(n_batches)
+        ]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         batches = self.index_batches()
@@ -113,6 +116,8 @@ def _random_shift_flip(x: torch.Tensor) -> torch.Tensor:
     flip = torch.where(torch.rand(b, device=x.device) < 0.5, -1.0, 1.0)
     theta[:, 0, 0] = flip
     theta[:, 1, 1] = 1.0
-    theta[:, :, 2] = (torch.rand(b, 2, device=x.device) * 2 - 1) * 0.25  # 1/8 of the side, grid is [-1, 1]
+    theta[:, :, 2] = (
+        torch.rand(b, 2, device=x.device) * 2 - 1
+    ) * 0.25  # 1/8 of the side, grid is [-1, 1]
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)

@@ -91,7 +91,9 @@ def decode(path: str, size: int) -> torch.Tensor:
         return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)
 
 
-def to_rgb_uint8(images: torch.Tensor | np.ndarray, size: int, channels_last: bool = False) -> torch.Tensor:
+def to_rgb_uint8(
+    images: torch.Tensor | np.ndarray, size: int, channels_last: bool = False
+) -> torch.Tensor:
     """(N,H,W) / (N,H,W,C) / (N,C,H,W) arrays -> uint8 (N,3,size,size), resized in chunks."""
     x = torch.as_tensor(np.asarray(images))
     if x.ndim == 3:
@@ -107,7 +109,9 @@ def to_rgb_uint8(images: torch.Tensor | np.ndarray, size: int, channels_last: bo
     out = torch.empty((x.shape[0], 3, size, size), dtype=torch.uint8)
     for i in range(0, len(x), 1024):
         chunk = x[i : i + 1024].float()
-        chunk = F.interpolate(chunk, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        chunk = F.interpolate(
+            chunk, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+        )
         out[i : i + 1024] = chunk.round_().clamp_(0, 255).to(torch.uint8)
     return out
 
@@ -133,9 +137,18 @@ def materialize(files: FileImages, budget_mb: int, num_workers: int) -> tuple[Im
     skipped = len(files) - len(keep)
     idx = torch.tensor(keep, dtype=torch.long)
     if in_memory:
-        stacked = torch.stack(images) if images else torch.empty((0, 3, files.size, files.size), dtype=torch.uint8)
+        stacked = (
+            torch.stack(images)
+            if images
+            else torch.empty((0, 3, files.size, files.size), dtype=torch.uint8)
+        )
         return TensorImages(stacked, files.labels[idx]), skipped
-    log.info("%d images (%.0f MB) exceed data.memory_budget_mb=%d: reading them per batch", len(keep), need_mb, budget_mb)
+    log.info(
+        "%d images (%.0f MB) exceed data.memory_budget_mb=%d: reading them per batch",
+        len(keep),
+        need_mb,
+        budget_mb,
+    )
     return files.subset(idx), skipped
 
 

@@ -14,7 +14,14 @@ from typing import Any
 
 import torch
 
-from transfersweep.data.images import FileImages, ImageSet, TensorImages, list_image_files, materialize, to_rgb_uint8
+from transfersweep.data.images import (
+    FileImages,
+    ImageSet,
+    TensorImages,
+    list_image_files,
+    materialize,
+    to_rgb_uint8,
+)
 from transfersweep.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -32,7 +39,9 @@ def load(ds: Any, side: str, image_size: int, budget_mb: int, num_workers: int) 
     """Load the data set described by `ds` (a DatasetConfig); `side` is source/target, for messages."""
     loaders = {"digits": _digits, "imagefolder": _imagefolder, "torchvision": _torchvision}
     if ds.kind not in loaders:
-        raise DataError(f"data.{side}.kind={ds.kind!r} is unknown: choose one of {', '.join(loaders)}")
+        raise DataError(
+            f"data.{side}.kind={ds.kind!r} is unknown: choose one of {', '.join(loaders)}"
+        )
     pool = loaders[ds.kind](ds, side, image_size, budget_mb, num_workers)
     return select_classes(pool, ds.classes, side)
 
@@ -77,13 +86,19 @@ def _digits(ds: Any, side: str, size: int, budget_mb: int, num_workers: int) -> 
     images = torch.from_numpy((digits.images * 16).clip(0, 255).astype("uint8"))  # 0..16 -> 0..255
     return Pool(
         classes=[str(i) for i in range(10)],
-        parts={"train": TensorImages(to_rgb_uint8(images, size), torch.from_numpy(digits.target).long())},
+        parts={
+            "train": TensorImages(
+                to_rgb_uint8(images, size), torch.from_numpy(digits.target).long()
+            )
+        },
     )
 
 
 def _imagefolder(ds: Any, side: str, size: int, budget_mb: int, num_workers: int) -> Pool:
     if ds.root is None:
-        raise DataError(f"data.{side}.root is not set: point it at a folder with one sub-folder per class")
+        raise DataError(
+            f"data.{side}.root is not set: point it at a folder with one sub-folder per class"
+        )
     root = Path(ds.root).expanduser()
     if not root.is_dir():
         raise DataError(
@@ -165,7 +180,9 @@ def _tv_images(dset: Any, size: int) -> TensorImages:
     if data is not None and targets is not None and len(data) == len(dset):
         arr = data.numpy() if isinstance(data, torch.Tensor) else data
         channels_last = arr.ndim == 4 and arr.shape[-1] in (1, 3)
-        return TensorImages(to_rgb_uint8(arr, size, channels_last=channels_last), torch.as_tensor(targets).long())
+        return TensorImages(
+            to_rgb_uint8(arr, size, channels_last=channels_last), torch.as_tensor(targets).long()
+        )
     # Generic path: PIL images one by one.
     import numpy as np
 

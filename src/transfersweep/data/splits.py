@@ -33,7 +33,9 @@ def _per_class(labels: torch.Tensor, n_classes: int, gen: torch.Generator) -> li
     return [perm[labels[perm] == c] for c in range(n_classes)]
 
 
-def split(pool: Pool, val_fraction: float, test_fraction: float, seed: int, k_shot: int | None, side: str) -> Splits:
+def split(
+    pool: Pool, val_fraction: float, test_fraction: float, seed: int, k_shot: int | None, side: str
+) -> Splits:
     gen = torch.Generator().manual_seed(seed)
     train = pool.parts["train"]
     holdout = {"val": val_fraction, "test": test_fraction}

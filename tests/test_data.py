@@ -1,0 +1,147 @@
+"""Data: seeded reproducible splits, k-shot, image folders, and clear errors for bad data."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import compose
+from transfersweep import data as data_mod
+from transfersweep.config import StageData
+from transfersweep.data.images import TensorImages
+from transfersweep.errors import DataError
+
+
+def _images_key(part: TensorImages) -> set[bytes]:
+    return {img.numpy().tobytes() for img in part.images}
+
+
+def test_digits_splits_are_seeded_disjoint_and_k_shot():
+    cfg = compose(["data.image_size=16"])
+    a = data_mod.build(cfg, need_source=True)
+    b = data_mod.build(cfg, need_source=True)
+    t = a.target
+    assert t.classes == ["5", "6", "7", "8", "9"] and a.source.classes == ["0", "1", "2", "3", "4"]
+    assert torch.bincount(t.train.labels).tolist() == [5] * 5  # k_shot=5 per class
+    assert torch.equal(t.train.images, b.target.train.images)  # reproducible
+    assert torch.equal(t.val.images, b.target.val.images)
+    tr, va, te = _images_key(t.train), _images_key(t.val), _images_key(t.test)
+    assert not (tr & va) and not (tr & te) and not (va & te)
+    assert t.train.images.dtype == torch.uint8 and t.train.images.shape[1:] == (3, 16, 16)
+    other = data_mod.build(compose(["data.image_size=16", "data.split_seed=1"]), need_source=False)
+    assert not torch.equal(other.target.train.images, t.train.images)
+
+
+def test_joint_batches_mix_target_and_source_in_union_label_space():
+    cfg = compose(["data.image_size=16", "data.batch_size=32"])
+    d = data_mod.build(cfg, need_source=True)
+    batches = d.train_batches(StageData.joint, cfg, seed=0)
+    assert d.num_classes(StageData.joint) == 10
+    labels = torch.cat([y for _, y in batches])
+    assert len(labels) >= len(d.source.train)  # an epoch covers the union
+    target_share = (labels < 5).float().mean().item()
+    assert 0.45 < target_share < 0.55  # data.joint_target_share=0.5
+    assert labels.max() == 9
+
+
+def test_image_folder_with_own_splits_and_auto_splits(image_folder):
+    root = image_folder("split_src", {"a": 6, "b": 6, "c": 6})
+    cfg = compose(
+        [
+            "data=imagefolder",
+            "data.image_size=16",
+            f"data.target.root={root}",
+            "data.target.k_shot=2",
+            "data.num_workers=0",
+        ]
+    )
+    d = data_mod.build(cfg, need_source=False)
+    assert d.target.classes == ["a", "b", "c"]
+    assert torch.bincount(d.target.train.labels).tolist() == [2, 2, 2]
+    assert len(d.target.val) == 3 and len(d.target.test) == 3  # 20% of 6 -> 1 per class each
+
+    pre = image_folder("presplit", {"x": 4, "y": 4}).parent / "presplit_root"
+    for split, n in (("train", 4), ("val", 2), ("test", 3)):
+        image_folder(f"presplit_root/{split}", {"x": n, "y": n})
+    cfg = compose(
+        ["data=imagefolder", "data.image_size=16", f"data.target.root={pre}", "data.num_workers=0"]
+    )
+    d = data_mod.build(cfg, need_source=False)
+    assert d.target.sizes() == {"train": 8, "val": 4, "test": 6}
+
+
+def test_unreadable_images_are_skipped_and_counted(image_folder):
+    root = image_folder("broken", {"a": 5, "b": 5})
+    (root / "a" / "bad.png").write_bytes(b"not an image")
+    (root / "b" / "truncated.jpg").write_bytes(b"\xff\xd8\xff\xe0 nope")
+    cfg = compose(
+        ["data=imagefolder", "data.image_size=16", f"data.target.root={root}", "data.num_workers=0"]
+    )
+    d = data_mod.build(cfg, need_source=False)
+    assert d.target.skipped_files == 2
+    assert sum(d.target.sizes().values()) == 10
+
+
+def test_lazy_loading_when_over_the_memory_budget(image_folder):
+    root = image_folder("lazy", {"a": 5, "b": 5})
+    cfg = compose(
+        [
+            "data=imagefolder",
+            "data.image_size=16",
+            f"data.target.root={root}",
+            "data.memory_budget_mb=0",
+            "data.num_workers=0",
+        ]
+    )
+    d = data_mod.build(cfg, need_source=False)
+    x, y = next(iter(d.train_batches(StageData.target, cfg, seed=0)))
+    assert x.dtype == torch.uint8 and x.shape[1:] == (3, 16, 16) and len(x) == len(y)
+
+
+@pytest.mark.parametrize(
+    "setup,match",
+    [
+        ("missing", r"data\.target\.root='.*nowhere' does not exist"),
+        ("unset", r"data\.target\.root is not set"),
+        ("empty", r"has no class sub-folders \(it is empty\)"),
+        ("flat", r"holds images directly"),
+        ("one_class", r"has 1 class \(only\).*at least 2"),
+        ("empty_class", r"class folder 'b' holds no images"),
+        ("k_shot", r"data\.target\.k_shot=50 but class 'a' has only 3 training image"),
+        ("classes", r"data\.target\.classes names 'zebra'"),
+    ],
+)
+def test_bad_data_gives_a_clear_error(tmp_path, image_folder, setup, match):
+    overrides = ["data=imagefolder", "data.image_size=16", "data.num_workers=0"]
+    if setup == "missing":
+        overrides.append(f"data.target.root={tmp_path / 'nowhere'}")
+    elif setup == "empty":
+        (tmp_path / "empty").mkdir()
+        overrides.append(f"data.target.root={tmp_path / 'empty'}")
+    elif setup == "flat":
+        root = image_folder("flat_src", {"a": 2})
+        overrides.append(f"data.target.root={root / 'a'}")
+    elif setup == "one_class":
+        overrides.append(f"data.target.root={image_folder('one', {'only': 5})}")
+    elif setup == "empty_class":
+        root = image_folder("ec", {"a": 5})
+        (root / "b").mkdir()
+        overrides.append(f"data.target.root={root}")
+    elif setup == "k_shot":
+        overrides += [
+            f"data.target.root={image_folder('ks', {'a': 5, 'b': 9})}",
+            "data.target.k_shot=50",
+        ]
+    elif setup == "classes":
+        overrides += [
+            f"data.target.root={image_folder('cl', {'a': 5, 'b': 5})}",
+            "data.target.classes=[a,zebra]",
+        ]
+    with pytest.raises(DataError, match=match):
+        data_mod.build(compose(overrides), need_source=False)
+
+
+def test_torchvision_dataset_missing_offline_is_clear(tmp_path):
+    cfg = compose(["data=cifar10", f"data.source.root={tmp_path}"])
+    with pytest.raises(DataError, match=r"CIFAR10 is not under data\.target\.root=.*download=true"):
+        data_mod.build(cfg, need_source=False)

@@ -1,0 +1,110 @@
+"""Freezing is exact: frozen tensors (BatchNorm statistics included) are bit-identical after training."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+
+from conftest import FAST, compose
+from transfersweep import data as data_mod
+from transfersweep import engine, freezing
+from transfersweep.backbone import classifier_prefixes
+from transfersweep.config import StageData
+from transfersweep.errors import ConfigError
+
+MODELS = {"cnn": ["backbone=tiny"], "vit": ["backbone=tiny_vit"]}
+
+
+def _train(kind: str, strategy: str, n_blocks: int = 1):
+    cfg = compose(FAST + MODELS[kind] + ["trainer.target_epochs=3", "optimizer.lr=0.01"])
+    torch.manual_seed(0)
+    model = timm.create_model(cfg.backbone.name, num_classes=5, **cfg.backbone.kwargs)
+    data = data_mod.build(cfg, need_source=False)
+    plan = freezing.apply(model, strategy, n_blocks, cfg.backbone.name)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rt = engine.Runtime.from_cfg(cfg.trainer)
+    prep = data_mod.Preprocess(model.pretrained_cfg["mean"], model.pretrained_cfg["std"])
+    engine.fit(
+        model,
+        data.train_batches(StageData.target, cfg, seed=0),
+        data.eval_batches(StageData.target, "val", cfg),
+        prep,
+        rt,
+        cfg,
+        epochs=3,
+    )
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    return model, plan, changed
+
+
+@pytest.mark.parametrize("kind", ["cnn", "vit"])
+def test_last_layer_changes_only_the_classifier(kind):
+    model, plan, changed = _train(kind, "last_layer")
+    heads = classifier_prefixes(model)
+    assert changed, "the classifier did not train"
+    assert all(k.startswith(heads) for k in changed), sorted(
+        k for k in changed if not k.startswith(heads)
+    )
+    assert plan.trainable == sum(p.numel() for p in model.get_classifier().parameters())
+    assert plan.trainable < plan.total
+    if kind == "cnn":  # BatchNorm running statistics are buffers: they must not move either
+        assert any("running_mean" in k for k in model.state_dict())
+
+
+@pytest.mark.parametrize("kind", ["cnn", "vit"])
+@pytest.mark.parametrize("n_blocks", [1, 2])
+def test_last_blocks_changes_only_the_last_n_blocks(kind, n_blocks):
+    model, plan, changed = _train(kind, "last_blocks", n_blocks)
+    blocks = freezing.blocks(model)
+    heads = classifier_prefixes(model)
+    allowed = {n for b in blocks[-n_blocks:] for n in b}
+    frozen = {n for b in blocks[:-n_blocks] for n in b}
+    # buffers (running stats) belong to the module of their block's parameters
+    for k in changed:
+        module = k.rsplit(".", 1)[0]
+        assert (
+            k.startswith(heads)
+            or k in allowed
+            or any(a.rsplit(".", 1)[0] == module for a in allowed)
+        ), k
+        assert k not in frozen, k
+    assert any(k in allowed for k in changed), "the unfrozen blocks did not train"
+    assert plan.n_blocks == n_blocks and plan.total_blocks == len(blocks)
+
+
+@pytest.mark.parametrize("kind", ["cnn", "vit"])
+def test_full_trains_everything(kind):
+    model, plan, changed = _train(kind, "full")
+    assert plan.trainable == plan.total
+    first_block = freezing.blocks(model)[0]
+    assert any(k in changed for k in first_block), "the first block did not train under freeze=full"
+
+
+@pytest.mark.parametrize(
+    "name,expected",
+    [
+        ("test_resnet", 5),
+        ("test_vit", 7),
+        ("resnet18", 5),
+        ("convnext_atto", 5),
+        ("vit_tiny_patch16_224", 13),
+    ],
+)
+def test_blocks_come_from_timm_grouping(name, expected):
+    model = timm.create_model(name, num_classes=3)
+    blocks = freezing.blocks(model)
+    assert len(blocks) == expected
+    heads = classifier_prefixes(model)
+    names = [n for b in blocks for n in b]
+    assert not any(n.startswith(heads) for n in names)
+    assert len(names) + sum(1 for _ in model.get_classifier().parameters()) == sum(
+        1 for _ in model.parameters()
+    )
+
+
+def test_n_blocks_out_of_range_is_a_config_error():
+    model = timm.create_model("test_resnet", num_classes=3)
+    with pytest.raises(ConfigError, match=r"freeze\.n_blocks=9 .* has 5 blocks .* 1\.\.5"):
+        freezing.apply(model, "last_blocks", 9, "test_resnet")
