@@ -107,6 +107,7 @@ class TrainerConfig:
     channels_last: bool = False
     threads: int | None = None  # torch intra-op threads; null = torch's default
     eval_batch_size: int = 256
+    repeats: int = 1  # run the target stage(s) over this many seeds; the objective is their mean
 
 
 @dataclass
@@ -119,6 +120,24 @@ class TrackingConfig:
     log_checkpoint: bool = True
     parent_run_id: str | None = None  # nest this run under another (sweeps set it)
     tags: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class TrialConfig:
+    """Which Optuna trial this job is: set by the transfersweep sweeper; null in single runs."""
+
+    number: int | None = None  # Optuna trial number (what users see)
+    id: int | None = None  # the trial's id in the storage
+    study: str | None = None  # filled from hydra.sweeper in sweep jobs
+    storage: str | None = None
+
+
+@dataclass
+class SearchConfig:
+    """Ranges the conditional search space (transfersweep.sweep.search_space) samples from."""
+
+    n_blocks_low: int = 1  # freeze.n_blocks, sampled only when freeze=last_blocks
+    n_blocks_high: int = 3
 
 
 @dataclass
@@ -136,6 +155,8 @@ class TrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+    trial: TrialConfig = field(default_factory=TrialConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
     seed: int = 0
 
 
@@ -183,6 +204,7 @@ def validate(cfg: DictConfig) -> None:
         "choose auto, fp32, bf16 or fp16",
     )
     _check(t.threads is None or t.threads >= 1, "trainer.threads", t.threads, "null or >= 1")
+    _check(t.repeats >= 1, "trainer.repeats", t.repeats, "use 1 or more seeds")
     _check(o.lr > 0, "optimizer.lr", o.lr, "use a positive learning rate")
     _check(o.weight_decay >= 0, "optimizer.weight_decay", o.weight_decay, "use 0 or more")
     _check(

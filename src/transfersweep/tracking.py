@@ -182,3 +182,42 @@ def save_checkpoint(
         )
         (tmp_path / "config.yaml").write_text(redact(OmegaConf.to_yaml(doc)))
         run.log_dir(tmp_path, artifact_path)
+
+
+def open_parent(
+    cfg: DictConfig, study: str, storage: str | None, search_space: Mapping[str, Any]
+) -> Run:
+    """The sweep's parent run: created once per study (before any trial starts, so parallel
+    trials never race on a fresh store), reopened when the same study is resumed."""
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri(cfg)
+    client = MlflowClient(tracking_uri=uri)
+    exp_id = experiment_id(client, cfg.tracking.experiment, artifact_location(cfg))
+    where = redact(str(storage))
+    found = client.search_runs(
+        [exp_id],
+        filter_string=f"tags.`transfersweep.role` = 'sweep' and tags.study = '{study}'",
+        max_results=50,
+    )
+    found = [r for r in found if r.data.tags.get("optuna_storage") == where]
+    if found:
+        run = Run(client, found[0].info.run_id, exp_id, uri)
+        client.update_run(run.run_id, status="RUNNING")
+        run.set_tags({"resumed": "true"})
+        return run
+    tags = {
+        "mlflow.runName": f"sweep:{study}",
+        "transfersweep.role": "sweep",
+        "study": study,
+        "optuna_storage": where,
+        "backbone": cfg.backbone.name,
+        "data": cfg.data.name,
+    }
+    mlrun = client.create_run(exp_id, run_name=f"sweep:{study}", tags=tags)
+    run = Run(client, mlrun.info.run_id, exp_id, uri)
+    params = {k: v for k, v in flatten(cfg).items() if not k.startswith("trial.")}
+    run.log_params(params | {"search_space": json.dumps(dict(search_space))[:6000]})
+    return run

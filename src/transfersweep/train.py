@@ -2,12 +2,15 @@
 
 One run = one paradigm (regime x freeze) on one backbone and data set:
 
-    validate config -> load data -> build model (weights) -> check freeze
-    -> [MLflow run] for each stage: fresh head, freeze, fit, keep best weights
-    -> evaluate target val (the objective) and test (reported only) -> checkpoint
+    prepare: validate config -> load data -> build model (weights) -> check freeze
+    execute: [MLflow run] source stages once; target stages x trainer.repeats seeds,
+             each: fresh head, freeze, fit, keep best weights -> val (objective) + test
+             -> checkpoint of the best repeat
 
-Everything that can be wrong with the user's input is checked before the
-MLflow run opens, so a bad value costs seconds and leaves no run behind.
+In a single run everything the user can get wrong is checked before the
+MLflow run opens, so a bad value costs seconds and leaves no run behind. In a
+sweep trial the child run opens first, so a trial that fails on bad input is
+still visible (FAILED, with the reason) next to its siblings.
 Heavy imports (torch, timm, mlflow) happen inside `run`, keeping `--help`
 and config errors fast.
 """
@@ -15,8 +18,11 @@ and config errors fast.
 from __future__ import annotations
 
 import logging
+import statistics
 import sys
 import time
+from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import Any
 
 import hydra
@@ -24,14 +30,48 @@ from omegaconf import DictConfig
 
 from transfersweep.config import register_schemas, validate
 from transfersweep.errors import TransferSweepError
+from transfersweep.regime import Stage, paradigm
 
 log = logging.getLogger("transfersweep")
 
 register_schemas()
 
 
-def run(cfg: DictConfig) -> float:
-    """Run one paradigm; returns the target validation accuracy (the sweep objective)."""
+@dataclass
+class Prepared:
+    stages: list[Stage]
+    data: Any  # transfersweep.data.TransferData
+    model: Any  # torch.nn.Module
+    rt: Any  # engine.Runtime
+    prep: Any  # data.Preprocess
+
+
+@dataclass
+class Outcome:
+    val_acc: float  # mean over repeats: the objective
+    val_std: float
+    test_acc: float
+    test_std: float
+    seconds: float
+
+
+def base_tags(cfg: DictConfig) -> dict[str, str]:
+    name = paradigm(cfg)
+    tags = {
+        "paradigm": name,
+        "regime": cfg.regime.name,
+        "freeze": name.split("+", 1)[1],
+        "freeze_strategy": str(getattr(cfg.freeze.strategy, "value", cfg.freeze.strategy)),
+        "backbone": cfg.backbone.name,
+        "data": cfg.data.name,
+    }
+    if cfg.trial.number is not None:
+        tags |= {"trial": str(cfg.trial.number), "study": str(cfg.trial.study)}
+    return tags | dict(cfg.tracking.tags)
+
+
+def prepare(cfg: DictConfig) -> Prepared:
+    """Everything that can fail on user input, before any training."""
     validate(cfg)
     from transfersweep import backbone, regime
 
@@ -41,7 +81,7 @@ def run(cfg: DictConfig) -> float:
     import torch
 
     from transfersweep import data as data_mod
-    from transfersweep import engine, freezing, tracking
+    from transfersweep import engine, freezing
 
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
@@ -62,22 +102,9 @@ def run(cfg: DictConfig) -> float:
         model.pretrained_cfg.get("std", (0.5,) * 3),
     )
     prep = data_mod.Preprocess(mean, std, augment=cfg.data.augment).to(rt.device)
-    pin = rt.device.type == "cuda"
-    name = regime.paradigm(cfg)
-    tags = {
-        "paradigm": name,
-        "regime": cfg.regime.name,
-        "freeze": regime.paradigm(cfg).split("+", 1)[1],
-        "freeze_strategy": str(stages[-1].freeze.value),
-        "backbone": cfg.backbone.name,
-        "data": cfg.data.name,
-        **cfg.tracking.tags,
-    }
-    n_target = len(data.target.classes)
-    skipped = data.target.skipped_files + (data.source.skipped_files if data.source else 0)
     log.info(
         "%s | backbone %s | data %s: target %s%s | device %s%s",
-        name,
+        paradigm(cfg),
         cfg.backbone.name,
         cfg.data.name,
         data.target.sizes(),
@@ -85,122 +112,178 @@ def run(cfg: DictConfig) -> float:
         rt.device,
         f" ({rt.amp_dtype})" if rt.amp_dtype else "",
     )
+    return Prepared(stages, data, model, rt, prep)
+
+
+def _fit_stage(p: Prepared, cfg: DictConfig, stage: Stage, prefix: str, seed: int, mlrun: Any):
+    import torch
+
+    from transfersweep import engine, freezing
+
+    model, data, rt = p.model, p.data, p.rt
+    torch.manual_seed(seed)
+    model.reset_classifier(data.num_classes(stage.data))  # every stage starts from a fresh head
+    model.to(rt.device)
+    fp = freezing.apply(model, stage.freeze, stage.n_blocks, cfg.backbone.name)
+    log.info(
+        "[%s] %d epochs on %s data | freeze %s: %s of %s parameters train (%d/%d blocks + head)",
+        prefix, stage.epochs, stage.data.value, fp.strategy.value,
+        f"{fp.trainable:,}", f"{fp.total:,}", fp.n_blocks, fp.total_blocks,
+    )  # fmt: skip
+    mlrun.log_metrics(
+        {f"{prefix}/params_trainable": fp.trainable, f"{prefix}/params_total": fp.total}
+    )
+
+    def on_epoch(st: engine.EpochStats) -> None:
+        log.info(
+            "[%s] epoch %3d/%d  loss %.4f  acc %.3f  val_loss %.4f  val_acc %.3f  lr %.2e  %6.0f img/s  %.1fs",
+            prefix, st.epoch, stage.epochs, st.train_loss, st.train_acc,
+            st.val_loss, st.val_acc, st.lr, st.images_per_s, st.seconds,
+        )  # fmt: skip
+        metrics = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_s")
+        mlrun.log_metrics({f"{prefix}/{m}": getattr(st, m) for m in metrics}, step=st.epoch)
+
+    pin = rt.device.type == "cuda"
+    result = engine.fit(
+        model,
+        data.train_batches(stage.data, cfg, seed=seed, pin_memory=pin),
+        data.eval_batches(stage.data, "val", cfg, pin_memory=pin),
+        p.prep,
+        rt,
+        cfg,
+        stage.epochs,
+        n_eval_classes=len(data.target.classes) if stage.data.value == "joint" else None,
+        on_epoch=on_epoch,
+    )
+    model.load_state_dict(result.best_state)
+    mlrun.log_metrics(
+        {f"{prefix}/best_val_acc": result.best_val_acc, f"{prefix}/best_epoch": result.best_epoch}
+    )
+    return result
+
+
+def execute(p: Prepared, cfg: DictConfig, mlrun: Any) -> Outcome:
+    """Train the stages (target ones over trainer.repeats seeds), log metrics and the checkpoint."""
+    from transfersweep import engine, tracking
+    from transfersweep.backbone import classifier_prefixes
+
     t_start = time.perf_counter()
-    with tracking.start(cfg, cfg.tracking.run_name or name, tags) as mlrun:
-        mlrun.log_params(tracking.flatten(cfg))
-        sizes: dict[str, Any] = {f"data/target_{k}": v for k, v in data.target.sizes().items()}
-        if data.source:
-            sizes |= {f"data/source_{k}": v for k, v in data.source.sizes().items()}
-        mlrun.log_metrics(sizes | {"data/skipped_files": skipped})
-        result = None
-        for i, stage in enumerate(stages):
-            model.reset_classifier(
-                data.num_classes(stage.data)
-            )  # every stage starts from a fresh head
-            model.to(rt.device)
-            fp = freezing.apply(model, stage.freeze, stage.n_blocks, cfg.backbone.name)
-            log.info(
-                "[%s] %d epochs on %s data | freeze %s: %s of %s parameters train (%d/%d blocks + head)",
-                stage.name,
-                stage.epochs,
-                stage.data.value,
-                fp.strategy.value,
-                f"{fp.trainable:,}",
-                f"{fp.total:,}",
-                fp.n_blocks,
-                fp.total_blocks,
-            )
-            mlrun.log_metrics(
-                {
-                    f"{stage.name}/params_trainable": fp.trainable,
-                    f"{stage.name}/params_total": fp.total,
-                }
-            )
-            n_eval = n_target if stage.data.value == "joint" else None
+    data = p.data
+    mlrun.log_params(tracking.flatten(cfg))
+    sizes = {f"data/target_{k}": v for k, v in data.target.sizes().items()}
+    if data.source:
+        sizes |= {f"data/source_{k}": v for k, v in data.source.sizes().items()}
+    skipped = data.target.skipped_files + (data.source.skipped_files if data.source else 0)
+    mlrun.log_metrics(sizes | {"data/skipped_files": skipped})
 
-            def on_epoch(st: engine.EpochStats, stage=stage) -> None:
-                log.info(
-                    "[%s] epoch %3d/%d  loss %.4f  acc %.3f  val_loss %.4f  val_acc %.3f  lr %.2e  %6.0f img/s  %.1fs",
-                    stage.name, st.epoch, stage.epochs, st.train_loss, st.train_acc,
-                    st.val_loss, st.val_acc, st.lr, st.images_per_s, st.seconds,
-                )  # fmt: skip
-                p = stage.name
-                mlrun.log_metrics(
-                    {
-                        f"{p}/train_loss": st.train_loss,
-                        f"{p}/train_acc": st.train_acc,
-                        f"{p}/val_loss": st.val_loss,
-                        f"{p}/val_acc": st.val_acc,
-                        f"{p}/lr": st.lr,
-                        f"{p}/images_per_s": st.images_per_s,
-                    },
-                    step=st.epoch,
-                )
-
-            result = engine.fit(
-                model,
-                data.train_batches(stage.data, cfg, seed=cfg.seed + i, pin_memory=pin),
-                data.eval_batches(stage.data, "val", cfg, pin_memory=pin),
-                prep,
-                rt,
-                cfg,
-                stage.epochs,
-                n_eval_classes=n_eval,
-                on_epoch=on_epoch,
-            )
-            model.load_state_dict(result.best_state)
-            mlrun.log_metrics(
-                {
-                    f"{stage.name}/best_val_acc": result.best_val_acc,
-                    f"{stage.name}/best_epoch": result.best_epoch,
-                }
-            )
-        assert result is not None
-        test_loss, test_acc = engine.evaluate(
-            model, data.eval_batches(stages[-1].data, "test", cfg), prep, rt, n_target
-        )
-        val_acc = result.best_val_acc
-        elapsed = time.perf_counter() - t_start
+    first_target = next(i for i, s in enumerate(p.stages) if s.on_target)
+    for i, stage in enumerate(p.stages[:first_target]):
+        _fit_stage(p, cfg, stage, stage.name, cfg.seed + i, mlrun)
+    # Repeats restart the target stages from here; heads are fresh in every stage anyway.
+    heads = classifier_prefixes(p.model)
+    start = {
+        k: v.detach().clone() for k, v in p.model.state_dict().items() if not k.startswith(heads)
+    }
+    n_target = len(data.target.classes)
+    vals, tests, best = [], [], None
+    for r in range(cfg.trainer.repeats):
+        if r > 0:
+            p.model.load_state_dict(start, strict=False)
+        for i, stage in enumerate(p.stages[first_target:], start=first_target):
+            prefix = stage.name if r == 0 else f"{stage.name}_r{r}"
+            result = _fit_stage(p, cfg, stage, prefix, cfg.seed + i + 1000 * r, mlrun)
+        test_batches = data.eval_batches(p.stages[-1].data, "test", cfg)
+        _, test_acc = engine.evaluate(p.model, test_batches, p.prep, p.rt, n_target)
+        vals.append(result.best_val_acc)
+        tests.append(test_acc)
         mlrun.log_metrics(
-            {
-                "val_acc": val_acc,
-                "test_acc": test_acc,
-                "test_loss": test_loss,
-                "train_seconds": elapsed,
-            }
+            {"repeat/val_acc": result.best_val_acc, "repeat/test_acc": test_acc}, step=r
         )
-        if cfg.tracking.log_checkpoint:
-            tracking.save_checkpoint(
-                mlrun,
-                result.best_state,
+        if best is None or result.best_val_acc > best[0].best_val_acc:
+            best = (result, r)
+    std = statistics.stdev if len(vals) > 1 else (lambda _: 0.0)
+    out = Outcome(
+        statistics.fmean(vals),
+        std(vals),
+        statistics.fmean(tests),
+        std(tests),
+        time.perf_counter() - t_start,
+    )
+    mlrun.log_metrics(
+        {
+            "val_acc": out.val_acc,
+            "val_acc_std": out.val_std,
+            "test_acc": out.test_acc,
+            "test_acc_std": out.test_std,
+            "train_seconds": out.seconds,
+        }
+    )
+    if cfg.tracking.log_checkpoint:
+        result, r = best
+        tracking.save_checkpoint(
+            mlrun,
+            result.best_state,
+            cfg,
+            {
+                "backbone": cfg.backbone.name,
+                "num_classes": data.num_classes(p.stages[-1].data),
+                "classes": list(data.target.classes),
+                "target_logits": n_target,
+                "stage": p.stages[-1].name,
+                "repeat": r,
+                "best_epoch": result.best_epoch,
+                "val_acc": result.best_val_acc,
+            },
+        )
+    return out
+
+
+def run(cfg: DictConfig) -> float:
+    """Run one paradigm; returns the target validation accuracy (mean over repeats): the objective."""
+    from transfersweep import tracking
+    from transfersweep.sweep import trial
+
+    name = cfg.tracking.run_name or paradigm(cfg)
+    in_sweep = cfg.tracking.parent_run_id is not None
+    # In a sweep the child run opens first, so bad-input trials show up FAILED beside the others.
+    early = tracking.start(cfg, name, base_tags(cfg)) if in_sweep else nullcontext()
+    with early as mlrun:
+        prepared = prepare(cfg)
+        with (
+            tracking.start(cfg, name, base_tags(cfg))
+            if not in_sweep
+            else nullcontext(mlrun) as mlrun
+        ):
+            out = execute(prepared, cfg, mlrun)
+            trial.set_attrs(
                 cfg,
                 {
-                    "backbone": cfg.backbone.name,
-                    "num_classes": data.num_classes(stages[-1].data),
-                    "classes": list(data.target.classes),
-                    "target_logits": n_target,
-                    "stage": stages[-1].name,
-                    "best_epoch": result.best_epoch,
-                    "val_acc": val_acc,
+                    "val_acc": out.val_acc,
+                    "val_std": out.val_std,
+                    "test_acc": out.test_acc,
+                    "test_std": out.test_std,
+                    "run_id": mlrun.run_id,
+                    "paradigm": paradigm(cfg),
                 },
             )
     where = f"MLflow run {mlrun.run_id} in {tracking.redact(mlrun.uri)} -> `make ui`, then {mlrun.ui_url()}"
-    log.info(
-        "done: %s | %s on %s | target val_acc %.4f  test_acc %.4f | %.0fs | %s",
-        name,
-        cfg.backbone.name,
-        cfg.data.name,
-        val_acc,
-        test_acc,
-        elapsed,
-        where if cfg.tracking.enabled else "tracking off",
+    spread = (
+        f" (+-{out.val_std:.4f}, {cfg.trainer.repeats} seeds)" if cfg.trainer.repeats > 1 else ""
     )
-    return float(val_acc)
+    log.info(
+        "done: %s | %s on %s | target val_acc %.4f%s  test_acc %.4f | %.0fs | %s",
+        paradigm(cfg), cfg.backbone.name, cfg.data.name, out.val_acc, spread, out.test_acc, out.seconds,
+        where if cfg.tracking.enabled else "tracking off",
+    )  # fmt: skip
+    return float(out.val_acc)
 
 
 @hydra.main(config_path="../../conf", config_name="train")
 def main(cfg: DictConfig) -> float:
     try:
+        from transfersweep.sweep.trial import fill_from_hydra
+
+        fill_from_hydra(cfg)
         return run(cfg)
     except TransferSweepError as e:
         from hydra.core.hydra_config import HydraConfig

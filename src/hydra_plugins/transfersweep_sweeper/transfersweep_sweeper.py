@@ -1,0 +1,57 @@
+"""Hydra plugin shim for the transfersweep sweeper (`hydra/sweeper=transfersweep`).
+
+Hydra imports every module under `hydra_plugins` on start-up, so this one stays
+light: Optuna and the implementation (transfersweep.sweep.sweeper) load only
+when a sweep is instantiated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from hydra_plugins.hydra_optuna_sweeper.config import Direction, OptunaSweeperConf
+from omegaconf import DictConfig
+
+
+@dataclass
+class TransferSweeperConf(OptunaSweeperConf):
+    """The Optuna sweeper's settings, with sweep-level semantics for failures."""
+
+    _target_: str = "hydra_plugins.transfersweep_sweeper.transfersweep_sweeper.TransferSweeper"
+    direction: Any = Direction.maximize
+    n_jobs: int = 1
+    # Stop the sweep once more than this share of its ended trials failed (checked after
+    # min_trials_for_failure_rate trials); failed trials never stop it below that.
+    max_failure_rate: float = 0.5
+    min_trials_for_failure_rate: int = 4
+    summary: bool = True  # write the paradigm table and plots to the MLflow parent run
+
+
+ConfigStore.instance().store(
+    group="hydra/sweeper", name="transfersweep", node=TransferSweeperConf, provider="transfersweep"
+)
+
+
+class TransferSweeper(Sweeper):
+    def __init__(self, sampler: Any, **kwargs: Any) -> None:
+        from hydra.utils import instantiate
+
+        from transfersweep.sweep.sweeper import TransferSweeperImpl
+
+        sampler = instantiate(
+            sampler,
+            _execution_whitelist_=("hydra_plugins.hydra_optuna_sweeper.*", "optuna.samplers.*"),
+        )
+        self.sweeper = TransferSweeperImpl(sampler, **kwargs)
+
+    def setup(
+        self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
+    ) -> None:
+        self.sweeper.setup(hydra_context=hydra_context, task_function=task_function, config=config)
+
+    def sweep(self, arguments: list[str]) -> None:
+        return self.sweeper.sweep(arguments)

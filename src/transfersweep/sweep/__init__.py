@@ -1,0 +1,1 @@
+"""Sweeps: the Optuna sweeper extension, conditional search space, trial link, summary."""

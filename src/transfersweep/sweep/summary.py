@@ -1,0 +1,260 @@
+"""Sweep reporting: the regime x freeze paradigm table, heatmap, history and importances.
+
+Reads the Optuna study (params + the user attributes each trial attached:
+val/test mean and std, paradigm, MLflow run id) and writes everything into the
+sweep's parent MLflow run under `summary/`. PNGs only: plotly HTML would fetch
+plotly from the internet when opened.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+REGIMES = ["pretrain_finetune", "joint", "pretrain_joint", "target_only"]
+FREEZES = ["last_layer", "last_blocks", "full"]
+
+
+@dataclass
+class Row:
+    number: int
+    state: str
+    paradigm: str
+    regime: str
+    freeze: str  # strategy (last_blocks without its n)
+    val_acc: float | None
+    val_std: float | None
+    test_acc: float | None
+    test_std: float | None
+    run_id: str
+    params: dict[str, Any]
+    error: str
+
+
+def rows(study: Any) -> list[Row]:
+    out = []
+    for t in study.trials:
+        a = t.user_attrs
+        paradigm = (
+            a.get("paradigm")
+            or f"{t.params.get('regime', a.get('regime', '?'))}+{t.params.get('freeze', a.get('freeze', '?'))}"
+        )
+        regime, _, freeze = paradigm.partition("+")
+        out.append(
+            Row(
+                number=t.number,
+                state=t.state.name,
+                paradigm=paradigm,
+                regime=regime,
+                freeze=freeze.rstrip("0123456789"),
+                val_acc=a.get("val_acc", t.value),
+                val_std=a.get("val_std"),
+                test_acc=a.get("test_acc"),
+                test_std=a.get("test_std"),
+                run_id=a.get("run_id", ""),
+                params=dict(t.params),
+                error=a.get("error", ""),
+            )
+        )
+    return out
+
+
+def best_per_cell(trials: list[Row]) -> dict[tuple[str, str], Row]:
+    best: dict[tuple[str, str], Row] = {}
+    for r in trials:
+        if r.state != "COMPLETE" or r.val_acc is None:
+            continue
+        key = (r.regime, r.freeze)
+        if key not in best or r.val_acc > best[key].val_acc:
+            best[key] = r
+    return best
+
+
+def _pm(mean: float | None, std: float | None) -> str:
+    if mean is None:
+        return "-"
+    return f"{mean:.3f} ± {std:.3f}" if std else f"{mean:.3f}"
+
+
+def table_markdown(best: dict[tuple[str, str], Row]) -> str:
+    regimes = [g for g in REGIMES if any(k[0] == g for k in best)] + sorted(
+        {k[0] for k in best} - set(REGIMES)
+    )
+    lines = [
+        "Best target validation accuracy per paradigm (test accuracy of the same trial in brackets; "
+        "mean ± std over trainer.repeats seeds).",
+        "",
+        "| regime \\ freeze | " + " | ".join(FREEZES) + " |",
+        "|---|" + "---|" * len(FREEZES),
+    ]
+    for g in regimes:
+        cells = []
+        for f in FREEZES:
+            r = best.get((g, f))
+            cells.append(
+                "-"
+                if r is None
+                else f"{_pm(r.val_acc, r.val_std)} ({_pm(r.test_acc, r.test_std)}) #{r.number}"
+                + (f" {r.paradigm.split('+')[1]}" if f == "last_blocks" else "")
+            )
+        lines.append(f"| {g} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write(study: Any, out_dir: Path) -> dict[str, Any]:
+    """Write summary files into out_dir; returns the headline numbers for the parent run."""
+    trials = rows(study)
+    best = best_per_cell(trials)
+    (out_dir / "paradigm_table.md").write_text(table_markdown(best), encoding="utf-8")
+    with open(out_dir / "paradigm_table.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(
+            [
+                "regime",
+                "freeze",
+                "best_trial",
+                "paradigm",
+                "val_acc",
+                "val_std",
+                "test_acc",
+                "test_std",
+                "run_id",
+            ]
+        )
+        for (g, f), r in sorted(best.items()):
+            w.writerow(
+                [g, f, r.number, r.paradigm, r.val_acc, r.val_std, r.test_acc, r.test_std, r.run_id]
+            )
+    with open(out_dir / "trials.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(
+            [
+                "trial",
+                "state",
+                "paradigm",
+                "val_acc",
+                "val_std",
+                "test_acc",
+                "test_std",
+                "run_id",
+                "params",
+                "error",
+            ]
+        )
+        for r in trials:
+            w.writerow(
+                [
+                    r.number,
+                    r.state,
+                    r.paradigm,
+                    r.val_acc,
+                    r.val_std,
+                    r.test_acc,
+                    r.test_std,
+                    r.run_id,
+                    r.params,
+                    r.error,
+                ]
+            )
+    _plots(study, best, out_dir)
+    complete = [r for r in trials if r.state == "COMPLETE" and r.val_acc is not None]
+    head: dict[str, Any] = {
+        "n_trials": len(trials),
+        "n_complete": len(complete),
+        "n_failed": sum(r.state == "FAIL" for r in trials),
+    }
+    if complete:
+        top = max(complete, key=lambda r: r.val_acc)
+        head |= {"best": top}
+    return head
+
+
+def _plots(study: Any, best: dict[tuple[str, str], Row], out_dir: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if best:
+        regimes = [g for g in REGIMES if any(k[0] == g for k in best)]
+        grid = [
+            [best[(g, f)].val_acc if (g, f) in best else math.nan for f in FREEZES] for g in regimes
+        ]
+        fig, ax = plt.subplots(figsize=(7, 1.2 + 0.8 * len(regimes)))
+        im = ax.imshow(grid, cmap="viridis", vmin=0, vmax=1, aspect="auto")
+        ax.set_xticks(range(len(FREEZES)), FREEZES)
+        ax.set_yticks(range(len(regimes)), regimes)
+        for i, g in enumerate(regimes):
+            for j, f in enumerate(FREEZES):
+                r = best.get((g, f))
+                text = "-" if r is None else _pm(r.val_acc, r.val_std).replace(" ± ", "\n± ")
+                ax.text(
+                    j,
+                    i,
+                    text,
+                    ha="center",
+                    va="center",
+                    color="k" if r is None or r.val_acc >= 0.6 else "w",
+                    fontsize=9,
+                )
+        ax.set_title("best target val accuracy per paradigm")
+        fig.colorbar(im, ax=ax, fraction=0.04)
+        fig.tight_layout()
+        fig.savefig(out_dir / "paradigm_heatmap.png", dpi=110)
+        plt.close(fig)
+
+    import optuna
+    from optuna.visualization import matplotlib as ovm
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # optuna's matplotlib backend is "experimental"
+        try:
+            ax = ovm.plot_optimization_history(study)
+            ax.figure.set_size_inches(8, 4.5)
+            ax.figure.tight_layout()
+            ax.figure.savefig(out_dir / "optimization_history.png", dpi=110)
+            plt.close(ax.figure)
+        except Exception as e:  # e.g. no completed trial yet
+            log.info("no optimization history plot: %s", e)
+        try:
+            # fANOVA, named explicitly: Optuna 5's default evaluator is PED-ANOVA.
+            evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+            ax = ovm.plot_param_importances(study, evaluator=evaluator)
+            ax.set_title("Parameter importances for the objective (fANOVA)")
+            ax.figure.set_size_inches(8, 4.5)
+            ax.figure.tight_layout()
+            ax.figure.savefig(out_dir / "param_importances.png", dpi=110)
+            plt.close(ax.figure)
+        except Exception as e:  # needs 2+ completed trials with varying parameters
+            log.info("no parameter importance plot: %s", e)
+
+
+def log_to_parent(study: Any, parent: Any) -> dict[str, Any]:
+    """Write the summary into the parent run (artifacts under summary/, headline metrics, tags)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        head = write(study, Path(tmp))
+        parent.log_dir(Path(tmp), "summary")
+        table = (Path(tmp) / "paradigm_table.md").read_text(encoding="utf-8")
+    parent.log_metrics({k: head[k] for k in ("n_trials", "n_complete", "n_failed")})
+    if "best" in head:
+        b: Row = head["best"]
+        parent.log_metrics(
+            {
+                "best_val_acc": b.val_acc,
+                "best_test_acc": b.test_acc or math.nan,
+                "best_trial": b.number,
+            }
+        )
+        parent.set_tags(
+            {"best_paradigm": b.paradigm, "best_run_id": b.run_id, "best_trial": str(b.number)}
+        )
+    head["table"] = table
+    return head

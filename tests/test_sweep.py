@@ -1,0 +1,171 @@
+"""Real multirun sweeps: Optuna study on SQLite, MLflow parent + nested children, summary, resume, failures."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from conftest import cli, runs
+
+FAST_SWEEP = [
+    "backbone=tiny",
+    "data.image_size=16",
+    "trainer.source_epochs=1",
+    "trainer.target_epochs=1",
+    "trainer.device=cpu",
+    "trainer.threads=1",
+]
+
+
+def _study(out, name):
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{out / 'optuna.db'}")
+
+
+def _children(found, parent_id):
+    return [r for r in found if r.data.tags.get("mlflow.parentRunId") == parent_id]
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweep")
+    args = [
+        "-m",
+        "sweep=paradigm",
+        *FAST_SWEEP,
+        "hydra.sweeper.n_trials=5",
+        "hydra.sweeper.study_name=t",
+        f"paths.outputs={out}",
+    ]
+    res = cli(args, cwd=out)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return out, res, args
+
+
+def test_study_holds_the_trials_with_paradigm_params(sweep):
+    out, _, _ = sweep
+    study = _study(out, "t")
+    assert len(study.trials) == 5
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    for t in study.trials:
+        assert t.params["regime"] in {"pretrain_finetune", "joint", "pretrain_joint", "target_only"}
+        assert t.params["freeze"] in {"last_layer", "last_blocks", "full"}
+        assert ("freeze.n_blocks" in t.params) == (
+            t.params["freeze"] == "last_blocks"
+        )  # conditional
+        assert 3e-4 <= t.params["optimizer.lr"] <= 3e-3
+        assert t.user_attrs["run_id"] and t.user_attrs["paradigm"].startswith(
+            t.params["regime"] + "+"
+        )
+        assert t.value == pytest.approx(t.user_attrs["val_acc"])
+
+
+def test_mlflow_parent_with_nested_tagged_children_and_summary(sweep):
+    out, _, _ = sweep
+    client, found = runs(out)
+    parents = [r for r in found if r.data.tags.get("transfersweep.role") == "sweep"]
+    assert len(parents) == 1
+    parent = parents[0]
+    assert parent.info.status == "FINISHED" and parent.data.tags["study"] == "t"
+    assert "regime" in parent.data.params["search_space"]
+    children = _children(found, parent.info.run_id)
+    assert len(children) == 5 and all(c.info.status == "FINISHED" for c in children)
+    study = _study(out, "t")
+    by_trial = {int(c.data.tags["trial"]): c for c in children}
+    assert set(by_trial) == {t.number for t in study.trials}
+    for t in study.trials:
+        c = by_trial[t.number]
+        assert c.info.run_id == t.user_attrs["run_id"]
+        assert (
+            c.data.tags["regime"] == t.params["regime"]
+            and c.data.tags["freeze_strategy"] == t.params["freeze"]
+        )
+        assert c.data.tags["backbone"] == "test_resnet" and c.data.params["trial.number"] == str(
+            t.number
+        )
+    summary = {a.path.split("/")[-1] for a in client.list_artifacts(parent.info.run_id, "summary")}
+    assert {
+        "paradigm_table.md",
+        "paradigm_table.csv",
+        "paradigm_heatmap.png",
+        "optimization_history.png",
+        "trials.csv",
+    } <= summary
+    assert parent.data.metrics["best_val_acc"] == pytest.approx(study.best_value)
+    assert parent.data.tags["best_trial"] == str(study.best_trial.number)
+    table = open(
+        client.download_artifacts(parent.info.run_id, "summary/paradigm_table.md", str(out))
+    ).read()
+    assert "| regime \\ freeze | last_layer | last_blocks | full |" in table
+    assert f"#{study.best_trial.number}" in table
+
+
+def test_progress_line_per_trial(sweep):
+    _, res, _ = sweep
+    log = res.stdout + res.stderr
+    for k in range(1, 6):
+        assert f"trial {k}/5 [#{k - 1}]" in log
+    assert "-> val_acc" in log and "| best " in log
+
+
+def test_same_study_name_resumes_and_adds_trials(sweep):
+    out, _, args = sweep
+    res = cli(
+        [*args[:-2], "hydra.sweeper.n_trials=2", "hydra.sweeper.study_name=t", args[-1]], cwd=out
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "2 trial(s) to run, 5 already in the study" in res.stdout + res.stderr
+    study = _study(out, "t")
+    assert len(study.trials) == 7 and len({t.number for t in study.trials}) == 7
+    _, found = runs(out)
+    parents = [r for r in found if r.data.tags.get("transfersweep.role") == "sweep"]
+    assert len(parents) == 1  # the study's parent run is reopened, not duplicated
+    assert len(_children(found, parents[0].info.run_id)) == 7
+
+
+def test_failing_trial_does_not_stop_the_sweep(tmp_path):
+    """Grid over freeze with n_blocks=9: the last_blocks cell fails, the other two finish."""
+    args = [
+        "-m",
+        "sweep=grid",
+        *FAST_SWEEP,
+        "regime=target_only",
+        "freeze.n_blocks=9",
+        f"paths.outputs={tmp_path}",
+    ]
+    res = cli(args, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    study = _study(tmp_path, "grid-digits-test_resnet")
+    states = {t.params["freeze"]: t.state for t in study.trials}
+    assert states == {
+        "last_layer": optuna.trial.TrialState.COMPLETE,
+        "last_blocks": optuna.trial.TrialState.FAIL,
+        "full": optuna.trial.TrialState.COMPLETE,
+    }
+    failed = next(t for t in study.trials if t.state == optuna.trial.TrialState.FAIL)
+    assert "freeze.n_blocks=9 is out of range" in failed.user_attrs["error"]
+    _, found = runs(tmp_path)
+    child = next(r for r in found if r.data.tags.get("trial") == str(failed.number))
+    assert (
+        child.info.status == "FAILED"
+        and "freeze.n_blocks=9 is out of range" in child.data.tags["error"]
+    )
+    assert "FAILED: ConfigError: freeze.n_blocks=9" in res.stdout + res.stderr
+    assert not any(r.info.status == "RUNNING" for r in found)
+
+
+def test_sweep_where_every_trial_fails_ends_with_a_clear_message(tmp_path):
+    args = [
+        "-m",
+        "sweep=grid",
+        *FAST_SWEEP,
+        "regime=target_only",
+        "backbone.name=resnet181",
+        f"paths.outputs={tmp_path}",
+    ]
+    res = cli(args, cwd=tmp_path)
+    log = res.stdout + res.stderr
+    assert res.returncode == 1
+    assert "no trial succeeded (3 failed)" in log and "resnet181" in log
+    assert "Traceback" not in log
+    _, found = runs(tmp_path)
+    assert found and not any(r.info.status == "RUNNING" for r in found)
