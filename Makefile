@@ -6,16 +6,19 @@ PY := $(VENV)/bin/python
 BACKBONE ?= resnet18
 DATA ?= digits
 ARGS ?=
+STUDY ?=
+TRIALS ?= 12
+REPEATS ?= 1
 HOST ?= 127.0.0.1
 PORT ?= 5000
 OUTPUTS ?= outputs
 
 .DEFAULT_GOAL := help
-.PHONY: help install train ui test lint format clean
+.PHONY: help install check-venv train sweep grid ui test lint format clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-9s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-	@echo "  variables: BACKBONE=$(BACKBONE) DATA=$(DATA) ARGS='<hydra overrides>' HOST=$(HOST) PORT=$(PORT)"
+	@echo "  variables: BACKBONE=$(BACKBONE) DATA=$(DATA) STUDY=<name> TRIALS=$(TRIALS) REPEATS=$(REPEATS) ARGS='<overrides>' HOST=$(HOST) PORT=$(PORT)"
 
 install: $(VENV)/.installed ## create .venv with everything (reuses a healthy one)
 
@@ -33,6 +36,14 @@ check-venv:
 
 train: install check-venv ## one run of the default paradigm on the embedded digits task
 	$(PY) -m transfersweep.train backbone=$(BACKBONE) data=$(DATA) $(ARGS)
+
+sweep: install check-venv ## Optuna search of the paradigm (STUDY=name resumes it, TRIALS=12)
+	$(PY) -m transfersweep.train -m sweep=paradigm backbone=$(BACKBONE) data=$(DATA) \
+		hydra.sweeper.n_trials=$(TRIALS) trainer.repeats=$(REPEATS) $(if $(STUDY),hydra.sweeper.study_name=$(STUDY)) $(ARGS)
+
+grid: install check-venv ## every regime x freeze cell once (REPEATS=3 for mean +- std)
+	$(PY) -m transfersweep.train -m sweep=grid backbone=$(BACKBONE) data=$(DATA) \
+		trainer.repeats=$(REPEATS) $(if $(STUDY),hydra.sweeper.study_name=$(STUDY)) $(ARGS)
 
 ui: install ## MLflow UI on the default store (outputs/mlflow.db), bound to HOST=127.0.0.1
 	@echo "runs: http://$(HOST):$(PORT)/#/experiments/1/runs?workflowType=machine_learning"

@@ -32,6 +32,7 @@ def sweep(tmp_path_factory):
         "-m",
         "sweep=paradigm",
         *FAST_SWEEP,
+        "trainer.repeats=2",
         "hydra.sweeper.n_trials=5",
         "hydra.sweeper.study_name=t",
         f"paths.outputs={out}",
@@ -57,6 +58,7 @@ def test_study_holds_the_trials_with_paradigm_params(sweep):
             t.params["regime"] + "+"
         )
         assert t.value == pytest.approx(t.user_attrs["val_acc"])
+        assert t.user_attrs["repeats"] == 2 and t.user_attrs["val_std"] is not None
 
 
 def test_mlflow_parent_with_nested_tagged_children_and_summary(sweep):
@@ -97,6 +99,7 @@ def test_mlflow_parent_with_nested_tagged_children_and_summary(sweep):
     ).read()
     assert "| regime \\ freeze | last_layer | last_blocks | full |" in table
     assert f"#{study.best_trial.number}" in table
+    assert " ± " in table  # mean ± std over trainer.repeats=2 seeds
 
 
 def test_progress_line_per_trial(sweep):
@@ -109,9 +112,7 @@ def test_progress_line_per_trial(sweep):
 
 def test_same_study_name_resumes_and_adds_trials(sweep):
     out, _, args = sweep
-    res = cli(
-        [*args[:-2], "hydra.sweeper.n_trials=2", "hydra.sweeper.study_name=t", args[-1]], cwd=out
-    )
+    res = cli([*args, "hydra.sweeper.n_trials=2"], cwd=out)  # the later override wins
     assert res.returncode == 0, res.stderr[-3000:]
     assert "2 trial(s) to run, 5 already in the study" in res.stdout + res.stderr
     study = _study(out, "t")

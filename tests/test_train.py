@@ -61,6 +61,8 @@ def test_runs_carry_params_tags_stage_metrics_and_checkpoint(grid):
         assert params["freeze.strategy"] == tags["freeze_strategy"]
         assert 0.0 <= metrics["val_acc"] <= 1.0 and 0.0 <= metrics["test_acc"] <= 1.0
         for prefix in STAGE_PREFIXES[regime]:
+            if prefix == "pretrain" and "pretrain/reused_from" in tags:
+                continue  # trained once by another cell of the grid (transfersweep.reuse)
             assert f"{prefix}/params_trainable" in metrics and f"{prefix}/params_total" in metrics
             history = client.get_metric_history(r.info.run_id, f"{prefix}/val_acc")
             expected = 1 if prefix == "pretrain" else 2  # FAST: 1 source epoch, 2 target epochs
@@ -72,6 +74,17 @@ def test_runs_carry_params_tags_stage_metrics_and_checkpoint(grid):
             assert metrics[f"{last}/params_trainable"] < metrics[f"{last}/params_total"]
         names = {a.path for a in client.list_artifacts(r.info.run_id, "checkpoint")}
         assert names == {"checkpoint/model.safetensors", "checkpoint/config.yaml"}
+
+
+def test_grid_trains_the_shared_pretrain_stage_once(grid):
+    out, _ = grid
+    _, found = runs(out)
+    pretrained = [
+        r for r in found if r.data.tags["regime"] in ("pretrain_finetune", "pretrain_joint")
+    ]
+    reused = [r for r in pretrained if "pretrain/reused_from" in r.data.tags]
+    assert len(pretrained) == 6 and len(reused) == 5
+    assert len({r.data.tags["pretrain/cache_key"] for r in pretrained}) == 1
 
 
 def test_progress_lines_and_final_summary(grid):
@@ -163,3 +176,26 @@ def test_cli_bad_input_exits_nonzero_with_a_short_error(tmp_path):
     assert "error: freeze.n_blocks=9 is out of range" in err and "Traceback" not in err
     _, found = runs(tmp_path)
     assert found == []
+
+
+def test_repeats_report_mean_and_std_over_seeds(outputs):
+    import statistics
+
+    train.run(compose([*FAST, "trainer.repeats=3"], outputs))
+    client, (r,) = runs(outputs)
+    m = r.data.metrics
+    vals = [
+        h.value
+        for h in sorted(
+            client.get_metric_history(r.info.run_id, "repeat/val_acc"), key=lambda h: h.step
+        )
+    ]
+    assert len(vals) == 3
+    assert m["val_acc"] == pytest.approx(statistics.fmean(vals))
+    assert m["val_acc_std"] == pytest.approx(statistics.stdev(vals))
+    assert {"finetune/val_acc", "finetune_r1/val_acc", "finetune_r2/val_acc"} <= set(m)
+    assert not any(k.startswith("pretrain_r") for k in m)  # the source stage runs once
+    summary = client.download_artifacts(r.info.run_id, "summary.json", str(outputs))
+    import json
+
+    assert json.load(open(summary))["repeats"]["val_acc"] == pytest.approx(vals)

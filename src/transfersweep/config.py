@@ -108,6 +108,12 @@ class TrainerConfig:
     threads: int | None = None  # torch intra-op threads; null = torch's default
     eval_batch_size: int = 256
     repeats: int = 1  # run the target stage(s) over this many seeds; the objective is their mean
+    feature_cache: bool = (
+        True  # freeze=last_layer: train the head on backbone features computed once
+    )
+    reuse_pretrain: bool = (
+        True  # identical source stages run once (cache under <paths.outputs>/cache)
+    )
 
 
 @dataclass

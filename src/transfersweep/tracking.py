@@ -100,6 +100,12 @@ class Run:
     def log_dir(self, local_dir: Path, artifact_path: str) -> None:
         self.client.log_artifacts(self.run_id, str(local_dir), artifact_path)
 
+    def log_json(self, obj: Any, artifact_file: str) -> None:
+        self.client.log_dict(self.run_id, obj, artifact_file)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, redact(text), artifact_file)
+
     def ui_url(self, host: str = "127.0.0.1", port: int = UI_PORT) -> str:
         return f"http://{host}:{port}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
 
@@ -114,6 +120,8 @@ class NoRun(Run):
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None: ...
     def set_tags(self, tags: Mapping[str, Any]) -> None: ...
     def log_dir(self, local_dir: Path, artifact_path: str) -> None: ...
+    def log_json(self, obj: Any, artifact_file: str) -> None: ...
+    def log_text(self, text: str, artifact_file: str) -> None: ...
 
 
 def experiment_id(client: Any, name: str, location: str | None) -> str:

@@ -118,7 +118,9 @@ def prepare(cfg: DictConfig) -> Prepared:
 def _fit_stage(p: Prepared, cfg: DictConfig, stage: Stage, prefix: str, seed: int, mlrun: Any):
     import torch
 
-    from transfersweep import engine, freezing
+    from transfersweep import engine, features, freezing
+    from transfersweep.config import FreezeStrategy
+    from transfersweep.data import Batches
 
     model, data, rt = p.model, p.data, p.rt
     torch.manual_seed(seed)
@@ -144,22 +146,73 @@ def _fit_stage(p: Prepared, cfg: DictConfig, stage: Stage, prefix: str, seed: in
         mlrun.log_metrics({f"{prefix}/{m}": getattr(st, m) for m in metrics}, step=st.epoch)
 
     pin = rt.device.type == "cuda"
+    train = data.train_batches(stage.data, cfg, seed=seed, pin_memory=pin)
+    val = data.eval_batches(stage.data, "val", cfg, pin_memory=pin)
+    fit_model, fit_prep = model, p.prep
+    if stage.freeze == FreezeStrategy.last_layer:
+        why = features.unavailable_reason(cfg)
+        if why is None:  # the frozen backbone's features are computed once; the head trains on them
+            t0 = time.perf_counter()
+            unshuffled = Batches(
+                train.images, cfg.trainer.eval_batch_size, shuffle=False, pin_memory=pin
+            )
+            train = features.cached_batches(train, features.extract(model, unshuffled, p.prep, rt))
+            val = Batches(features.extract(model, val, p.prep, rt), val.batch_size, shuffle=False)
+            fit_model, fit_prep = model.get_classifier(), features.NoPrep()
+            log.info("[%s] feature cache: backbone features of %d images in %.1fs", prefix,
+                     len(train.images) + len(val.images), time.perf_counter() - t0)  # fmt: skip
+        else:
+            log.info("[%s] feature cache off: %s", prefix, why)
+        mlrun.set_tags({f"{prefix}/feature_cache": "on" if why is None else f"off: {why}"})
     result = engine.fit(
-        model,
-        data.train_batches(stage.data, cfg, seed=seed, pin_memory=pin),
-        data.eval_batches(stage.data, "val", cfg, pin_memory=pin),
-        p.prep,
+        fit_model,
+        train,
+        val,
+        fit_prep,
         rt,
         cfg,
         stage.epochs,
         n_eval_classes=len(data.target.classes) if stage.data.value == "joint" else None,
         on_epoch=on_epoch,
     )
-    model.load_state_dict(result.best_state)
+    fit_model.load_state_dict(result.best_state)
+    result.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
     mlrun.log_metrics(
         {f"{prefix}/best_val_acc": result.best_val_acc, f"{prefix}/best_epoch": result.best_epoch}
     )
     return result
+
+
+def _pretrain(p: Prepared, cfg: DictConfig, i: int, stage: Stage, mlrun: Any) -> None:
+    """A source stage: trained once per distinct input (transfersweep.reuse), reused after that."""
+    if not cfg.trainer.reuse_pretrain:
+        _fit_stage(p, cfg, stage, stage.name, cfg.seed + i, mlrun)
+        return
+    from transfersweep import reuse
+
+    precision = str(p.rt.amp_dtype or "fp32")
+    key = reuse.key(cfg, i, precision)
+    with reuse.claim(cfg, key) as entry:
+        if entry.hit:
+            meta = entry.meta()
+            p.model.load_state_dict(entry.load())
+            p.model.to(p.rt.device)
+            log.info(
+                "[%s] reused (cache key %s, trained by MLflow run %s)",
+                stage.name,
+                key,
+                meta["run_id"],
+            )
+            mlrun.set_tags(
+                {f"{stage.name}/reused_from": meta["run_id"], f"{stage.name}/cache_key": key}
+            )
+            mlrun.log_metrics({f"{stage.name}/best_val_acc": meta["best_val_acc"]})
+            return
+        result = _fit_stage(p, cfg, stage, stage.name, cfg.seed + i, mlrun)
+        entry.store(
+            result.best_state, {"run_id": mlrun.run_id, "best_val_acc": result.best_val_acc}
+        )
+        mlrun.set_tags({f"{stage.name}/cache_key": key})
 
 
 def execute(p: Prepared, cfg: DictConfig, mlrun: Any) -> Outcome:
@@ -178,7 +231,7 @@ def execute(p: Prepared, cfg: DictConfig, mlrun: Any) -> Outcome:
 
     first_target = next(i for i, s in enumerate(p.stages) if s.on_target)
     for i, stage in enumerate(p.stages[:first_target]):
-        _fit_stage(p, cfg, stage, stage.name, cfg.seed + i, mlrun)
+        _pretrain(p, cfg, i, stage, mlrun)
     # Repeats restart the target stages from here; heads are fresh in every stage anyway.
     heads = classifier_prefixes(p.model)
     start = {
@@ -218,6 +271,20 @@ def execute(p: Prepared, cfg: DictConfig, mlrun: Any) -> Outcome:
             "train_seconds": out.seconds,
         }
     )
+    mlrun.log_json(
+        {
+            "paradigm": paradigm(cfg),
+            "backbone": cfg.backbone.name,
+            "data": cfg.data.name,
+            "val_acc": out.val_acc,
+            "val_acc_std": out.val_std,
+            "test_acc": out.test_acc,
+            "test_acc_std": out.test_std,
+            "repeats": {"val_acc": vals, "test_acc": tests},
+            "seconds": out.seconds,
+        },
+        "summary.json",
+    )
     if cfg.tracking.log_checkpoint:
         result, r = best
         tracking.save_checkpoint(
@@ -255,13 +322,15 @@ def run(cfg: DictConfig) -> float:
             else nullcontext(mlrun) as mlrun
         ):
             out = execute(prepared, cfg, mlrun)
+            repeated = cfg.trainer.repeats > 1
             trial.set_attrs(
                 cfg,
                 {
                     "val_acc": out.val_acc,
-                    "val_std": out.val_std,
+                    "val_std": out.val_std if repeated else None,
                     "test_acc": out.test_acc,
-                    "test_std": out.test_std,
+                    "test_std": out.test_std if repeated else None,
+                    "repeats": cfg.trainer.repeats,
                     "run_id": mlrun.run_id,
                     "paradigm": paradigm(cfg),
                 },

@@ -81,7 +81,7 @@ def best_per_cell(trials: list[Row]) -> dict[tuple[str, str], Row]:
 def _pm(mean: float | None, std: float | None) -> str:
     if mean is None:
         return "-"
-    return f"{mean:.3f} ± {std:.3f}" if std else f"{mean:.3f}"
+    return f"{mean:.3f} ± {std:.3f}" if std is not None else f"{mean:.3f}"
 
 
 def table_markdown(best: dict[tuple[str, str], Row]) -> str:

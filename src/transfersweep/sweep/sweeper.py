@@ -136,6 +136,7 @@ class TransferSweeperImpl(OptunaSweeperImpl):
             if cfg.tracking.enabled
             else tracking.NoRun()
         )
+        parent.log_text(OmegaConf.to_yaml(cfg), "sweep_config.yaml")  # hydra.sweeper included
         log.info(
             "sweep %r: %d trial(s) to run%s | storage %s | MLflow parent run %s",
             study_name, self.n_trials, f", {before} already in the study" if before else "",
@@ -229,11 +230,8 @@ class TransferSweeperImpl(OptunaSweeperImpl):
             best = f"best {b.value:.4f} (#{b.number} {b.user_attrs.get('paradigm', '')})"
         except ValueError:
             best = "no best yet"
-        result = (
-            f"val_acc {value:.4f}" + (f" ± {attrs['val_std']:.4f}" if attrs.get("val_std") else "")
-            if error is None
-            else f"FAILED: {error}"
-        )
+        spread = f" ± {attrs['val_std']:.4f}" if attrs.get("val_std") is not None else ""
+        result = f"val_acc {value:.4f}{spread}" if error is None else f"FAILED: {error}"
         log.info(
             "trial %d/%d [#%d] %s %s -> %s | %s | %.0fs",
             done,

@@ -1,0 +1,109 @@
+"""Work done once: the frozen-backbone feature cache and pretrain reuse give the same results as doing it again."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+
+import pytest
+
+from conftest import FAST, compose, runs
+from transfersweep import train
+
+
+def _history(client, run, key):
+    return [
+        m.value
+        for m in sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)
+    ]
+
+
+@pytest.mark.parametrize("regime,stage", [("target_only", "target"), ("joint", "joint")])
+def test_feature_cache_matches_the_uncached_path(tmp_path, regime, stage):
+    base = [
+        *FAST,
+        f"regime={regime}",
+        "freeze=last_layer",
+        "trainer.target_epochs=4",
+        "optimizer.lr=0.01",
+    ]
+    results = {}
+    for cache in ("true", "false"):
+        out = tmp_path / cache
+        train.run(compose([*base, f"trainer.feature_cache={cache}"], out))
+        client, (r,) = runs(out)
+        results[cache] = (client, r)
+    (c1, cached), (c2, plain) = results["true"], results["false"]
+    assert cached.data.tags[f"{stage}/feature_cache"] == "on"
+    assert plain.data.tags[f"{stage}/feature_cache"].startswith("off: trainer.feature_cache=false")
+    for key in (
+        f"{stage}/train_loss",
+        f"{stage}/train_acc",
+        f"{stage}/val_loss",
+        f"{stage}/val_acc",
+    ):
+        assert _history(c1, cached, key) == pytest.approx(_history(c2, plain, key), abs=1e-4), key
+    for key in ("val_acc", "test_acc"):
+        assert cached.data.metrics[key] == pytest.approx(plain.data.metrics[key], abs=1e-6)
+
+
+def test_feature_cache_is_skipped_with_augmentation_and_says_why(outputs, caplog):
+    caplog.set_level(logging.INFO, logger="transfersweep")
+    train.run(
+        compose([*FAST, "regime=target_only", "freeze=last_layer", "data.augment=true"], outputs)
+    )
+    _, (r,) = runs(outputs)
+    assert r.data.tags["target/feature_cache"].startswith("off: data.augment=true")
+    assert "feature cache off: data.augment=true" in caplog.text
+
+
+def test_identical_pretrain_stage_is_reused_and_a_changed_one_is_not(outputs):
+    base = [*FAST, "regime=pretrain_finetune"]
+    train.run(compose([*base, "freeze=full"], outputs))
+    train.run(compose([*base, "freeze=last_layer"], outputs))  # same pretrain inputs
+    train.run(compose([*base, "freeze=full", "optimizer.lr=0.002"], outputs))  # changed optimizer
+    client, found = runs(outputs)
+    first, second, third = sorted(found, key=lambda r: r.info.start_time)
+    assert "pretrain/reused_from" not in first.data.tags
+    assert second.data.tags["pretrain/reused_from"] == first.info.run_id
+    assert second.data.tags["pretrain/cache_key"] == first.data.tags["pretrain/cache_key"]
+    assert "pretrain/train_loss" not in second.data.metrics  # it did not train the stage again
+    assert (
+        second.data.metrics["pretrain/best_val_acc"] == first.data.metrics["pretrain/best_val_acc"]
+    )
+    assert "pretrain/reused_from" not in third.data.tags
+    assert third.data.tags["pretrain/cache_key"] != first.data.tags["pretrain/cache_key"]
+
+
+def test_concurrent_workers_train_a_shared_pretrain_stage_once(outputs):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{outputs / 'mlflow.db'}")
+    client.create_experiment(
+        "transfersweep", artifact_location=(outputs / "mlartifacts").as_uri()
+    )  # store made once
+    args = [
+        *FAST,
+        "regime=pretrain_finetune",
+        "trainer.source_epochs=3",
+        f"paths.outputs={outputs}",
+    ]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "transfersweep.train", *args, f"freeze={f}"],
+            cwd=outputs,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for f in ("full", "last_layer")
+    ]
+    logs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), logs
+    _, found = runs(outputs)
+    assert len(found) == 2 and all(r.info.status == "FINISHED" for r in found)
+    reused = [r for r in found if "pretrain/reused_from" in r.data.tags]
+    assert len(reused) == 1
+    trained = next(r for r in found if r is not reused[0])
+    assert reused[0].data.tags["pretrain/reused_from"] == trained.info.run_id
