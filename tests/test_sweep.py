@@ -166,7 +166,42 @@ def test_sweep_where_every_trial_fails_ends_with_a_clear_message(tmp_path):
     res = cli(args, cwd=tmp_path)
     log = res.stdout + res.stderr
     assert res.returncode == 1
-    assert "no trial succeeded (3 failed)" in log and "resnet181" in log
+    assert "no trial succeeded (3 failed, 0 pruned)" in log and "resnet181" in log
     assert "Traceback" not in log
     _, found = runs(tmp_path)
     assert found and not any(r.info.status == "RUNNING" for r in found)
+
+
+def test_pruned_trial_is_pruned_in_optuna_and_tagged_in_mlflow(tmp_path):
+    """ThresholdPruner makes the outcome certain: threshold 0.99 prunes at epoch 1, 0.0 never does."""
+    args = [
+        "-m",
+        "sweep=grid",
+        *FAST_SWEEP,
+        "regime=target_only",
+        "freeze=full",
+        "trainer.target_epochs=3",
+        "pruner.name=threshold",
+        "pruner.n_warmup_steps=0",
+        "pruner.threshold=0.0,0.99",
+        f"paths.outputs={tmp_path}",
+    ]
+    res = cli(args, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    study = _study(tmp_path, "grid-digits-test_resnet")
+    states = {t.params["pruner.threshold"]: t for t in study.trials}
+    assert states[0.0].state == optuna.trial.TrialState.COMPLETE
+    assert sorted(states[0.0].intermediate_values) == [1, 2, 3]  # every epoch reported
+    pruned = states[0.99]
+    assert pruned.state == optuna.trial.TrialState.PRUNED and list(pruned.intermediate_values) == [
+        1
+    ]
+    _, found = runs(tmp_path)
+    child = next(r for r in found if r.data.tags.get("trial") == str(pruned.number))
+    assert child.info.status == "FINISHED" and child.data.tags["pruned"] == "true"
+    assert (
+        "pruned at epoch 1" in child.data.tags["pruned_reason"] and "error" not in child.data.tags
+    )
+    parent = next(r for r in found if r.data.tags.get("transfersweep.role") == "sweep")
+    assert parent.data.metrics["n_pruned"] == 1 and parent.data.metrics["n_complete"] == 1
+    assert "PRUNED pruned at epoch 1" in res.stdout + res.stderr

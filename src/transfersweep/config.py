@@ -139,6 +139,17 @@ class TrialConfig:
 
 
 @dataclass
+class PrunerConfig:
+    """Stops hopeless sweep trials early on their per-epoch target val accuracy (sweeps only)."""
+
+    name: str = "median"  # median | percentile | threshold | hyperband | none
+    n_startup_trials: int = 4  # median/percentile: trials that always run to the end first
+    n_warmup_steps: int = 5  # epochs of a trial's target stage before it can be pruned
+    percentile: float = 25.0  # percentile: prune below this percentile of earlier trials
+    threshold: float = 0.0  # threshold: prune while val accuracy is below this
+
+
+@dataclass
 class SearchConfig:
     """Ranges the conditional search space (transfersweep.sweep.search_space) samples from."""
 
@@ -163,6 +174,7 @@ class TrainConfig:
     paths: PathsConfig = field(default_factory=PathsConfig)
     trial: TrialConfig = field(default_factory=TrialConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
+    pruner: PrunerConfig = field(default_factory=PrunerConfig)
     seed: int = 0
 
 
@@ -232,6 +244,12 @@ def validate(cfg: DictConfig) -> None:
         "regime.stages",
         OmegaConf.to_container(cfg.regime.stages),
         "the last stage must train on target or joint data (the objective is a target metric)",
+    )
+    _check(
+        cfg.pruner.name in ("median", "percentile", "threshold", "hyperband", "none"),
+        "pruner.name",
+        cfg.pruner.name,
+        "choose median, percentile, threshold, hyperband or none",
     )
     _check(
         cfg.freeze.n_blocks >= 1,

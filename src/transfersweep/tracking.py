@@ -156,9 +156,13 @@ def start(cfg: DictConfig, run_name: str, tags: Mapping[str, Any]) -> Iterator[R
     try:
         yield run
     except BaseException as e:
-        status = "KILLED" if isinstance(e, (KeyboardInterrupt, SystemExit)) else "FAILED"
+        if type(e).__name__ == "TrialPruned":  # stopped early by the sweep's pruner: not a failure
+            status, tags = "FINISHED", {"pruned": "true", "pruned_reason": str(e)}
+        else:
+            status = "KILLED" if isinstance(e, (KeyboardInterrupt, SystemExit)) else "FAILED"
+            tags = {"error": f"{type(e).__name__}: {e}", "error_type": type(e).__name__}
         try:
-            run.set_tags({"error": f"{type(e).__name__}: {e}", "error_type": type(e).__name__})
+            run.set_tags(tags)
         finally:
             client.set_terminated(run.run_id, status=status)
         raise

@@ -115,7 +115,15 @@ def prepare(cfg: DictConfig) -> Prepared:
     return Prepared(stages, data, model, rt, prep)
 
 
-def _fit_stage(p: Prepared, cfg: DictConfig, stage: Stage, prefix: str, seed: int, mlrun: Any):
+def _fit_stage(
+    p: Prepared,
+    cfg: DictConfig,
+    stage: Stage,
+    prefix: str,
+    seed: int,
+    mlrun: Any,
+    pruning: Any = None,
+):
     import torch
 
     from transfersweep import engine, features, freezing
@@ -144,6 +152,8 @@ def _fit_stage(p: Prepared, cfg: DictConfig, stage: Stage, prefix: str, seed: in
         )  # fmt: skip
         metrics = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_s")
         mlrun.log_metrics({f"{prefix}/{m}": getattr(st, m) for m in metrics}, step=st.epoch)
+        if pruning is not None:
+            pruning.report(st.val_acc, st.epoch)  # may raise optuna.TrialPruned
 
     pin = rt.device.type == "cuda"
     train = data.train_batches(stage.data, cfg, seed=seed, pin_memory=pin)
@@ -219,6 +229,7 @@ def execute(p: Prepared, cfg: DictConfig, mlrun: Any) -> Outcome:
     """Train the stages (target ones over trainer.repeats seeds), log metrics and the checkpoint."""
     from transfersweep import engine, tracking
     from transfersweep.backbone import classifier_prefixes
+    from transfersweep.sweep import trial
 
     t_start = time.perf_counter()
     data = p.data
@@ -238,13 +249,17 @@ def execute(p: Prepared, cfg: DictConfig, mlrun: Any) -> Outcome:
         k: v.detach().clone() for k, v in p.model.state_dict().items() if not k.startswith(heads)
     }
     n_target = len(data.target.classes)
+    pruning = trial.Pruning(cfg)
     vals, tests, best = [], [], None
     for r in range(cfg.trainer.repeats):
         if r > 0:
             p.model.load_state_dict(start, strict=False)
         for i, stage in enumerate(p.stages[first_target:], start=first_target):
             prefix = stage.name if r == 0 else f"{stage.name}_r{r}"
-            result = _fit_stage(p, cfg, stage, prefix, cfg.seed + i + 1000 * r, mlrun)
+            reports = (
+                pruning if r == 0 and i == len(p.stages) - 1 else None
+            )  # first seed's final stage
+            result = _fit_stage(p, cfg, stage, prefix, cfg.seed + i + 1000 * r, mlrun, reports)
         test_batches = data.eval_batches(p.stages[-1].data, "test", cfg)
         _, test_acc = engine.evaluate(p.model, test_batches, p.prep, p.rt, n_target)
         vals.append(result.best_val_acc)

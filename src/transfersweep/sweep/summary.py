@@ -170,6 +170,7 @@ def write(study: Any, out_dir: Path) -> dict[str, Any]:
         "n_trials": len(trials),
         "n_complete": len(complete),
         "n_failed": sum(r.state == "FAIL" for r in trials),
+        "n_pruned": sum(r.state == "PRUNED" for r in trials),
     }
     if complete:
         top = max(complete, key=lambda r: r.val_acc)
@@ -243,7 +244,7 @@ def log_to_parent(study: Any, parent: Any) -> dict[str, Any]:
         head = write(study, Path(tmp))
         parent.log_dir(Path(tmp), "summary")
         table = (Path(tmp) / "paradigm_table.md").read_text(encoding="utf-8")
-    parent.log_metrics({k: head[k] for k in ("n_trials", "n_complete", "n_failed")})
+    parent.log_metrics({k: head[k] for k in ("n_trials", "n_complete", "n_failed", "n_pruned")})
     if "best" in head:
         b: Row = head["best"]
         parent.log_metrics(

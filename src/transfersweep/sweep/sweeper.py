@@ -52,9 +52,11 @@ def _tell(study: Any, trial: Any, **kwargs: Any) -> None:
 
 
 def _outcome(ret: JobReturn) -> tuple[float | None, str | None]:
-    """(objective, None) for a usable result, (None, reason) otherwise."""
+    """(objective, None) for a usable result, (None, reason) otherwise ("PRUNED ..." when pruned)."""
     if ret.status != JobStatus.COMPLETED:
         e = ret._return_value
+        if isinstance(e, optuna.TrialPruned):
+            return None, f"PRUNED {e}"
         return (
             None,
             f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:500],
@@ -164,6 +166,8 @@ class TransferSweeperImpl(OptunaSweeperImpl):
                     done += 1
                     if error is None:
                         _tell(study, trial, values=value)
+                    elif error.startswith("PRUNED"):
+                        _tell(study, trial, state=optuna.trial.TrialState.PRUNED)
                     else:
                         failed += 1
                         first_error = first_error or error
@@ -190,10 +194,11 @@ class TransferSweeperImpl(OptunaSweeperImpl):
 
         complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
         if not complete:
+            pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)
             log.error(
-                "sweep %r: no trial succeeded (%d failed). First error: %s. Run one trial on its own "
-                "(same overrides, without -m) to see the full error.",
-                study_name, failed, first_error,
+                "sweep %r: no trial succeeded (%d failed, %d pruned). First error: %s. Run one trial "
+                "on its own (same overrides, without -m) to see the full error.",
+                study_name, failed, pruned, first_error,
             )  # fmt: skip
             sys.exit(1)
         best = study.best_trial
@@ -231,7 +236,10 @@ class TransferSweeperImpl(OptunaSweeperImpl):
         except ValueError:
             best = "no best yet"
         spread = f" ± {attrs['val_std']:.4f}" if attrs.get("val_std") is not None else ""
-        result = f"val_acc {value:.4f}{spread}" if error is None else f"FAILED: {error}"
+        if error is None:
+            result = f"val_acc {value:.4f}{spread}"
+        else:
+            result = error if error.startswith("PRUNED") else f"FAILED: {error}"
         log.info(
             "trial %d/%d [#%d] %s %s -> %s | %s | %.0fs",
             done,

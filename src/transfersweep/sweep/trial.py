@@ -60,3 +60,50 @@ def fill_from_hydra(cfg: DictConfig) -> None:
     sweeper = HydraConfig.get().sweeper
     cfg.trial.study = cfg.trial.study or sweeper.get("study_name")
     cfg.trial.storage = cfg.trial.storage or storage_url(sweeper.get("storage"))
+
+
+def make_pruner(p: DictConfig):
+    import optuna
+
+    if p.name == "median":
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps
+        )
+    if p.name == "percentile":
+        return optuna.pruners.PercentilePruner(
+            p.percentile, n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps
+        )
+    if p.name == "threshold":
+        return optuna.pruners.ThresholdPruner(lower=p.threshold, n_warmup_steps=p.n_warmup_steps)
+    if p.name == "hyperband":
+        return optuna.pruners.HyperbandPruner()
+    return optuna.pruners.NopPruner()
+
+
+class Pruning:
+    """Reports each epoch's target val accuracy to the live Optuna trial and raises
+    optuna.TrialPruned when the pruner says so. Inert outside a sweep or with pruner.name=none.
+
+    A live trial is needed: a FrozenTrial from study.trials always answers should_prune() False.
+    """
+
+    def __init__(self, cfg: DictConfig):
+        self.trial = None
+        if in_sweep(cfg) and cfg.pruner.name != "none":
+            import optuna
+
+            study = optuna.load_study(
+                study_name=cfg.trial.study,
+                storage=_storage(cfg.trial.storage),
+                pruner=make_pruner(cfg.pruner),
+            )
+            self.trial = optuna.trial.Trial(study, cfg.trial.id)
+
+    def report(self, value: float, epoch: int) -> None:
+        if self.trial is None:
+            return
+        self.trial.report(value, epoch)
+        if self.trial.should_prune():
+            import optuna
+
+            raise optuna.TrialPruned(f"pruned at epoch {epoch} (target val_acc {value:.4f})")
