@@ -9,6 +9,9 @@ ARGS ?=
 STUDY ?=
 TRIALS ?= 12
 REPEATS ?= 1
+JOBS ?= 1
+# JOBS>1: that many trials at once in joblib worker processes (cores shared between them)
+PARALLEL = $(if $(filter-out 1,$(JOBS)),hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS) hydra.sweeper.n_jobs=$(JOBS))
 HOST ?= 127.0.0.1
 PORT ?= 5000
 OUTPUTS ?= outputs
@@ -18,7 +21,7 @@ OUTPUTS ?= outputs
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-9s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-	@echo "  variables: BACKBONE=$(BACKBONE) DATA=$(DATA) STUDY=<name> TRIALS=$(TRIALS) REPEATS=$(REPEATS) ARGS='<overrides>' HOST=$(HOST) PORT=$(PORT)"
+	@echo "  variables: BACKBONE=$(BACKBONE) DATA=$(DATA) STUDY=<name> TRIALS=$(TRIALS) REPEATS=$(REPEATS) JOBS=$(JOBS) ARGS='<overrides>' HOST=$(HOST) PORT=$(PORT)"
 
 install: $(VENV)/.installed ## create .venv with everything (reuses a healthy one)
 
@@ -39,11 +42,12 @@ train: install check-venv ## one run of the default paradigm on the embedded dig
 
 sweep: install check-venv ## Optuna search of the paradigm (STUDY=name resumes it, TRIALS=12)
 	$(PY) -m transfersweep.train -m sweep=paradigm backbone=$(BACKBONE) data=$(DATA) \
-		hydra.sweeper.n_trials=$(TRIALS) trainer.repeats=$(REPEATS) $(if $(STUDY),hydra.sweeper.study_name=$(STUDY)) $(ARGS)
+		hydra.sweeper.n_trials=$(TRIALS) trainer.repeats=$(REPEATS) $(PARALLEL) \
+		$(if $(STUDY),hydra.sweeper.study_name=$(STUDY)) $(ARGS)
 
 grid: install check-venv ## every regime x freeze cell once (REPEATS=3 for mean +- std)
 	$(PY) -m transfersweep.train -m sweep=grid backbone=$(BACKBONE) data=$(DATA) \
-		trainer.repeats=$(REPEATS) $(if $(STUDY),hydra.sweeper.study_name=$(STUDY)) $(ARGS)
+		trainer.repeats=$(REPEATS) $(PARALLEL) $(if $(STUDY),hydra.sweeper.study_name=$(STUDY)) $(ARGS)
 
 ui: install ## MLflow UI on the default store (outputs/mlflow.db), bound to HOST=127.0.0.1
 	@echo "runs: http://$(HOST):$(PORT)/#/experiments/1/runs?workflowType=machine_learning"
@@ -60,6 +64,6 @@ format: install ## ruff fix + format
 	$(VENV)/bin/ruff check --fix src tests bench
 	$(VENV)/bin/ruff format src tests bench
 
-clean: ## remove run outputs and caches (keeps .venv)
-	rm -rf $(OUTPUTS)/runs $(OUTPUTS)/sweeps $(OUTPUTS)/mlflow.db $(OUTPUTS)/mlartifacts .pytest_cache .ruff_cache
+clean: ## remove outputs/ (runs, MLflow store, studies, pretrain cache) and caches; keeps .venv
+	rm -rf $(OUTPUTS)/runs $(OUTPUTS)/sweeps $(OUTPUTS)/mlflow.db $(OUTPUTS)/mlartifacts $(OUTPUTS)/optuna.db $(OUTPUTS)/cache .pytest_cache .ruff_cache
 	find . -name __pycache__ -not -path './$(VENV)/*' -prune -exec rm -rf {} +

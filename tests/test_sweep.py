@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import optuna
 import pytest
 
@@ -205,3 +207,28 @@ def test_pruned_trial_is_pruned_in_optuna_and_tagged_in_mlflow(tmp_path):
     parent = next(r for r in found if r.data.tags.get("transfersweep.role") == "sweep")
     assert parent.data.metrics["n_pruned"] == 1 and parent.data.metrics["n_complete"] == 1
     assert "PRUNED pruned at epoch 1" in res.stdout + res.stderr
+
+
+def test_parallel_trials_with_the_joblib_launcher(tmp_path):
+    args = [
+        "-m",
+        "sweep=paradigm",
+        *[a for a in FAST_SWEEP if not a.startswith("trainer.threads")],
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "hydra.sweeper.n_jobs=2",
+        "hydra.sweeper.n_trials=4",
+        f"paths.outputs={tmp_path}",
+    ]
+    res = cli(args, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    study = _study(tmp_path, "digits-test_resnet")
+    assert sorted(t.number for t in study.trials) == [0, 1, 2, 3]
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    _, found = runs(tmp_path)
+    parent = next(r for r in found if r.data.tags.get("transfersweep.role") == "sweep")
+    children = _children(found, parent.info.run_id)
+    assert sorted(int(c.data.tags["trial"]) for c in children) == [0, 1, 2, 3]
+    assert {c.data.params["trainer.threads"] for c in children} == {
+        str(max(1, (os.cpu_count() or 1) // 2))
+    }

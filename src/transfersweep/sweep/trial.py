@@ -50,16 +50,26 @@ def storage_url(url: str | None) -> str | None:
 
 def fill_from_hydra(cfg: DictConfig) -> None:
     """In a sweep job, read the study name and storage from hydra.sweeper (not passed as overrides,
-    so a password in the storage URL never lands in a job's overrides.yaml)."""
+    so a password in the storage URL never lands in a job's overrides.yaml), and give each of
+    n parallel joblib workers 1/n of the cores unless trainer.threads is set."""
     if cfg.trial.id is None:
         return
     from hydra.core.hydra_config import HydraConfig
 
     if not HydraConfig.initialized():
         return
-    sweeper = HydraConfig.get().sweeper
-    cfg.trial.study = cfg.trial.study or sweeper.get("study_name")
-    cfg.trial.storage = cfg.trial.storage or storage_url(sweeper.get("storage"))
+    hc = HydraConfig.get()
+    cfg.trial.study = cfg.trial.study or hc.sweeper.get("study_name")
+    cfg.trial.storage = cfg.trial.storage or storage_url(hc.sweeper.get("storage"))
+    parallel = (
+        int(hc.launcher.get("n_jobs") or 1)
+        if "joblib" in str(hc.launcher.get("_target_", ""))
+        else 1
+    )
+    if parallel > 1 and cfg.trainer.threads is None:  # share the cores, don't oversubscribe them
+        import os
+
+        cfg.trainer.threads = max(1, (os.cpu_count() or 1) // parallel)
 
 
 def make_pruner(p: DictConfig):
