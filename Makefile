@@ -17,7 +17,7 @@ PORT ?= 5000
 OUTPUTS ?= outputs
 
 .DEFAULT_GOAL := help
-.PHONY: help install check-venv train sweep grid ui test lint format clean
+.PHONY: help install check-venv train sweep grid ui test bench lint format clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-9s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -55,6 +55,9 @@ ui: install ## MLflow UI on the default store (outputs/mlflow.db), bound to HOST
 
 test: install check-venv ## run the test suite (CPU, a few minutes)
 	$(PY) -m pytest -q
+
+bench: install check-venv ## benchmarks: ratios against plain PyTorch, measured in one run (about 10 minutes on CPU)
+	$(PY) bench/run.py $(ARGS)
 
 lint: install ## ruff check + format check
 	$(VENV)/bin/ruff check src tests bench

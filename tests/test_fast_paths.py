@@ -61,8 +61,11 @@ def test_feature_cache_is_skipped_with_augmentation_and_says_why(outputs, caplog
 def test_identical_pretrain_stage_is_reused_and_a_changed_one_is_not(outputs):
     base = [*FAST, "regime=pretrain_finetune"]
     train.run(compose([*base, "freeze=full"], outputs))
-    train.run(compose([*base, "freeze=last_layer"], outputs))  # same pretrain inputs
-    train.run(compose([*base, "freeze=full", "optimizer.lr=0.002"], outputs))  # changed optimizer
+    # Same source stage: another freeze and another target lr (what a sweep varies).
+    train.run(compose([*base, "freeze=last_layer", "optimizer.lr=0.003"], outputs))
+    train.run(
+        compose([*base, "freeze=full", "optimizer.source_lr=0.002"], outputs)
+    )  # changed source stage
     client, found = runs(outputs)
     first, second, third = sorted(found, key=lambda r: r.info.start_time)
     assert "pretrain/reused_from" not in first.data.tags

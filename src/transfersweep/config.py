@@ -91,7 +91,10 @@ class FreezeConfig:
 @dataclass
 class OptimizerConfig:
     name: str = "adamw"  # any timm.optim.create_optimizer_v2 name
-    lr: float = 1e-3
+    lr: float = 1e-3  # stages that see target data (what sweeps tune)
+    # Stages on source data alone: fixed apart from `lr`, so a sweep over `lr` still shares
+    # (reuses) one pretraining run instead of pretraining again for every sampled lr.
+    source_lr: float = 1e-3
     weight_decay: float = 0.05
     momentum: float = 0.9  # sgd-type optimizers only
     scheduler: str = "cosine"  # cosine | none
@@ -224,6 +227,7 @@ def validate(cfg: DictConfig) -> None:
     _check(t.threads is None or t.threads >= 1, "trainer.threads", t.threads, "null or >= 1")
     _check(t.repeats >= 1, "trainer.repeats", t.repeats, "use 1 or more seeds")
     _check(o.lr > 0, "optimizer.lr", o.lr, "use a positive learning rate")
+    _check(o.source_lr > 0, "optimizer.source_lr", o.source_lr, "use a positive learning rate")
     _check(o.weight_decay >= 0, "optimizer.weight_decay", o.weight_decay, "use 0 or more")
     _check(
         o.scheduler in ("cosine", "none"),

@@ -125,11 +125,11 @@ def evaluate(
     return (loss_sum.item() / max(n, 1), correct.item() / max(n, 1))
 
 
-def make_optimizer(model: torch.nn.Module, o: DictConfig, steps: int, warmup_steps: int):
+def make_optimizer(model: torch.nn.Module, o: DictConfig, lr: float, steps: int, warmup_steps: int):
     from timm.optim import create_optimizer_v2
 
     kwargs = {"momentum": o.momentum} if "sgd" in o.name or "momentum" in o.name else {}
-    opt = create_optimizer_v2(model, opt=o.name, lr=o.lr, weight_decay=o.weight_decay, **kwargs)
+    opt = create_optimizer_v2(model, opt=o.name, lr=lr, weight_decay=o.weight_decay, **kwargs)
 
     def factor(step: int) -> float:
         if step < warmup_steps:
@@ -152,11 +152,14 @@ def fit(
     epochs: int,
     n_eval_classes: int | None = None,
     on_epoch: Callable[[EpochStats], None] | None = None,
+    lr: float | None = None,
 ) -> FitResult:
-    """Train `model`'s trainable parameters for `epochs`; the returned best_state has the best val accuracy."""
+    """Train `model`'s trainable parameters for `epochs` at `lr` (default optimizer.lr);
+    the returned best_state has the best val accuracy."""
+    lr = cfg.optimizer.lr if lr is None else lr
     steps = epochs * len(train)
     opt, sched = make_optimizer(
-        model, cfg.optimizer, steps, cfg.optimizer.warmup_epochs * len(train)
+        model, cfg.optimizer, lr, steps, cfg.optimizer.warmup_epochs * len(train)
     )
     scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.amp_dtype == torch.float16)
     frozen = freezing.frozen_modules(model)
@@ -185,7 +188,7 @@ def fit(
         if not math.isfinite(train_loss):
             hint = " or use trainer.precision=fp32" if rt.amp_dtype is not None else ""
             raise TrainingError(
-                f"non-finite loss at epoch {epoch}: lower optimizer.lr (now {cfg.optimizer.lr}){hint}"
+                f"non-finite loss at epoch {epoch}: lower the learning rate (now {lr}){hint}"
             )
         train_seconds = time.perf_counter() - t0
         result.train_seconds += train_seconds

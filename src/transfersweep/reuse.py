@@ -78,7 +78,9 @@ def key(cfg: DictConfig, stage_index: int, precision: str) -> str:
                 "batch_size",
             )
         },
-        "optimizer": c["optimizer"],
+        "optimizer": {
+            k: v for k, v in c["optimizer"].items() if k != "lr"
+        },  # lr: target stages only
         "epochs": c["trainer"]["source_epochs"],
         "precision": precision,
         "channels_last": c["trainer"]["channels_last"],

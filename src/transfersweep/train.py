@@ -184,6 +184,7 @@ def _fit_stage(
         stage.epochs,
         n_eval_classes=len(data.target.classes) if stage.data.value == "joint" else None,
         on_epoch=on_epoch,
+        lr=cfg.optimizer.lr if stage.on_target else cfg.optimizer.source_lr,
     )
     fit_model.load_state_dict(result.best_state)
     result.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
