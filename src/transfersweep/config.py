@@ -146,8 +146,8 @@ class PrunerConfig:
     """Stops hopeless sweep trials early on their per-epoch target val accuracy (sweeps only)."""
 
     name: str = "median"  # median | percentile | threshold | hyperband | none
-    n_startup_trials: int = 4  # median/percentile: trials that always run to the end first
-    n_warmup_steps: int = 5  # epochs of a trial's target stage before it can be pruned
+    n_startup_trials: int = 5  # median/percentile: trials that always run to the end first
+    n_warmup_steps: int = 10  # epochs of a trial's target stage before it can be pruned
     percentile: float = 25.0  # percentile: prune below this percentile of earlier trials
     threshold: float = 0.0  # threshold: prune while val accuracy is below this
 
