@@ -380,9 +380,21 @@ def main(cfg: DictConfig) -> float:
         sys.exit(2)
 
 
+def _sigterm_as_interrupt() -> None:
+    """SIGTERM (kill, a scheduler's time limit) unwinds like Ctrl-C, so the MLflow run ends KILLED
+    and a sweep marks its trial FAIL, instead of both staying RUNNING forever."""
+    import signal
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt("SIGTERM")
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def cli() -> None:
+    _sigterm_as_interrupt()
     main()
 
 
 if __name__ == "__main__":
-    main()
+    cli()

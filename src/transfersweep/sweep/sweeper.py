@@ -148,6 +148,7 @@ class TransferSweeperImpl(OptunaSweeperImpl):
         done = failed = 0
         first_error: str | None = None
         status = "FINISHED"
+        trials: list[Any] = []
         try:
             while done < self.n_trials:
                 batch = min(self.n_jobs, self.n_trials - done)
@@ -186,8 +187,23 @@ class TransferSweeperImpl(OptunaSweeperImpl):
                         failed, done, self.max_failure_rate, first_error,
                     )  # fmt: skip
                     break
-        except BaseException:
+        except (
+            BaseException
+        ) as e:  # Ctrl-C / SIGTERM: the trials in flight end FAIL with the reason
             status = "KILLED"
+            reason = (
+                f"interrupted ({type(e).__name__}: {e})"
+                if str(e)
+                else f"interrupted ({type(e).__name__})"
+            )
+            for t in trials:
+                if study._storage.get_trial(t._trial_id).state == optuna.trial.TrialState.RUNNING:
+                    study._storage.set_trial_user_attr(t._trial_id, "error", reason)
+                    _tell(study, t, state=optuna.trial.TrialState.FAIL)
+            parent.set_tags({"interrupted": reason})
+            log.error(
+                "sweep %r %s; finished trials are kept, run it again to resume", study_name, reason
+            )
             raise
         finally:
             self._finish(study, parent, status)

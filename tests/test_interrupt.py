@@ -1,0 +1,79 @@
+"""SIGTERM (or Ctrl-C) ends the MLflow run KILLED and the Optuna trial FAIL: nothing is left RUNNING."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+
+from conftest import FAST, runs
+
+
+def _start(args, cwd):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "transfersweep.train", *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+
+
+def _wait_for_epoch(proc, marker: str, timeout: float = 120) -> str:
+    """Read the output until a training epoch is under way."""
+    seen = []
+    deadline = time.time() + timeout
+    for line in proc.stdout:
+        seen.append(line)
+        if marker in line:
+            return "".join(seen)
+        assert time.time() < deadline, "".join(seen)
+    raise AssertionError("".join(seen))
+
+
+def test_sigterm_during_a_run_ends_it_killed(tmp_path):
+    proc = _start(
+        [*FAST, "regime=target_only", "trainer.target_epochs=100000", f"paths.outputs={tmp_path}"],
+        tmp_path,
+    )
+    _wait_for_epoch(proc, "[target] epoch")
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    assert proc.returncode != 0
+    _, (r,) = runs(tmp_path)
+    assert r.info.status == "KILLED"
+    assert "SIGTERM" in r.data.tags["error"]
+
+
+def test_sigterm_during_a_sweep_fails_the_trial_and_keeps_finished_ones(tmp_path):
+    args = [
+        "-m",
+        "sweep=grid",
+        *FAST,
+        "regime=target_only",
+        "freeze=last_layer,full",
+        "trainer.target_epochs=100000",  # the first trial runs until the signal
+        f"paths.outputs={tmp_path}",
+    ]
+    proc = _start(args, tmp_path)
+    _wait_for_epoch(proc, "[target] epoch")
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=60)[0]
+    assert proc.returncode != 0, out
+    study = optuna.load_study(
+        study_name="grid-digits-test_resnet", storage=f"sqlite:///{tmp_path / 'optuna.db'}"
+    )
+    (t,) = study.trials
+    assert t.state == optuna.trial.TrialState.FAIL and "SIGTERM" in t.user_attrs["error"]
+    _, found = runs(tmp_path)
+    assert not any(r.info.status == "RUNNING" for r in found)
+    parent = next(r for r in found if r.data.tags.get("transfersweep.role") == "sweep")
+    child = next(r for r in found if r.data.tags.get("trial") == "0")
+    assert child.info.status == "KILLED" and parent.info.status == "KILLED"
+    assert "SIGTERM" in parent.data.tags["interrupted"]
