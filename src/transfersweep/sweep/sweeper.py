@@ -277,4 +277,5 @@ class TransferSweeperImpl(OptunaSweeperImpl):
                 log.info("paradigm table (study %r):\n%s", study.study_name, head["table"])
                 log.info("MLflow: `make ui`, then %s", parent.ui_url())
         finally:
+            parent.flush()
             parent.client.set_terminated(parent.run_id, status=status)
