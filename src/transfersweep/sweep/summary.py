@@ -109,61 +109,66 @@ def table_markdown(best: dict[tuple[str, str], Row]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(header)
+        w.writerows(rows)
+
+
 def write(study: Any, out_dir: Path) -> dict[str, Any]:
     """Write summary files into out_dir; returns the headline numbers for the parent run."""
     trials = rows(study)
     best = best_per_cell(trials)
     (out_dir / "paradigm_table.md").write_text(table_markdown(best), encoding="utf-8")
-    with open(out_dir / "paradigm_table.csv", "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(
+    _csv(
+        out_dir / "paradigm_table.csv",
+        [
+            "regime",
+            "freeze",
+            "best_trial",
+            "paradigm",
+            "val_acc",
+            "val_std",
+            "test_acc",
+            "test_std",
+            "run_id",
+        ],
+        [
+            [g, f, r.number, r.paradigm, r.val_acc, r.val_std, r.test_acc, r.test_std, r.run_id]
+            for (g, f), r in sorted(best.items())
+        ],
+    )
+    _csv(
+        out_dir / "trials.csv",
+        [
+            "trial",
+            "state",
+            "paradigm",
+            "val_acc",
+            "val_std",
+            "test_acc",
+            "test_std",
+            "run_id",
+            "params",
+            "error",
+        ],
+        [
             [
-                "regime",
-                "freeze",
-                "best_trial",
-                "paradigm",
-                "val_acc",
-                "val_std",
-                "test_acc",
-                "test_std",
-                "run_id",
+                r.number,
+                r.state,
+                r.paradigm,
+                r.val_acc,
+                r.val_std,
+                r.test_acc,
+                r.test_std,
+                r.run_id,
+                r.params,
+                r.error,
             ]
-        )
-        for (g, f), r in sorted(best.items()):
-            w.writerow(
-                [g, f, r.number, r.paradigm, r.val_acc, r.val_std, r.test_acc, r.test_std, r.run_id]
-            )
-    with open(out_dir / "trials.csv", "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(
-            [
-                "trial",
-                "state",
-                "paradigm",
-                "val_acc",
-                "val_std",
-                "test_acc",
-                "test_std",
-                "run_id",
-                "params",
-                "error",
-            ]
-        )
-        for r in trials:
-            w.writerow(
-                [
-                    r.number,
-                    r.state,
-                    r.paradigm,
-                    r.val_acc,
-                    r.val_std,
-                    r.test_acc,
-                    r.test_std,
-                    r.run_id,
-                    r.params,
-                    r.error,
-                ]
-            )
+            for r in trials
+        ],
+    )
     _plots(study, best, out_dir)
     complete = [r for r in trials if r.state == "COMPLETE" and r.val_acc is not None]
     head: dict[str, Any] = {
