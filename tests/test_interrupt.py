@@ -77,3 +77,42 @@ def test_sigterm_during_a_sweep_fails_the_trial_and_keeps_finished_ones(tmp_path
     child = next(r for r in found if r.data.tags.get("trial") == "0")
     assert child.info.status == "KILLED" and parent.info.status == "KILLED"
     assert "SIGTERM" in parent.data.tags["interrupted"]
+
+
+def test_after_kill_9_a_resumed_sweep_marks_the_dead_trial_stale_and_goes_on(tmp_path):
+    base = [
+        "-m",
+        "sweep=grid",
+        *FAST,
+        "regime=target_only",
+        "freeze=last_layer,full",
+        f"paths.outputs={tmp_path}",
+    ]
+    proc = _start([*base, "trainer.target_epochs=100000"], tmp_path)
+    _wait_for_epoch(proc, "[target] epoch")
+    proc.kill()  # SIGKILL: no handler runs, the trial and its MLflow run stay RUNNING
+    proc.wait(timeout=30)
+    res = subprocess.run(
+        [sys.executable, "-m", "transfersweep.train", *base, "trainer.target_epochs=1"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "marked 1 stale trial(s)" in res.stdout + res.stderr
+    study = optuna.load_study(
+        study_name="grid-digits-test_resnet", storage=f"sqlite:///{tmp_path / 'optuna.db'}"
+    )
+    states = [t.state for t in study.trials]
+    assert (
+        states.count(optuna.trial.TrialState.FAIL) == 1
+        and optuna.trial.TrialState.RUNNING not in states
+    )
+    dead = next(t for t in study.trials if t.state == optuna.trial.TrialState.FAIL)
+    assert dead.user_attrs["error"].startswith("stale")
+    assert states.count(optuna.trial.TrialState.COMPLETE) >= 1
+    _, found = runs(tmp_path)
+    assert not any(r.info.status == "RUNNING" for r in found)
+    killed = next(r for r in found if r.data.tags.get("trial") == str(dead.number))
+    assert killed.info.status == "KILLED" and killed.data.tags["error"].startswith("stale")

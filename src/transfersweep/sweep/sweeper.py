@@ -16,6 +16,8 @@ import functools
 import importlib
 import logging
 import math
+import os
+import socket
 import sys
 import time
 from typing import Any
@@ -68,6 +70,46 @@ def _outcome(ret: JobReturn) -> tuple[float | None, str | None]:
     if not math.isfinite(value):
         return None, f"objective is not finite: {value}"
     return value, None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def mark_stale(study: Any, parent: Any) -> list[int]:
+    """Trials left RUNNING by a sweep process of this host that no longer exists (kill -9, power
+    loss) become FAIL in Optuna and KILLED in MLflow, reason "stale". Trials owned by a live
+    process or another host are left alone: they may still be running."""
+    host = socket.gethostname()
+    stale = []
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        owner = t.user_attrs.get("sweeper")
+        if not owner or not owner.startswith(f"{host}:") or _alive(int(owner.rsplit(":", 1)[1])):
+            continue
+        study._storage.set_trial_user_attr(
+            t._trial_id, "error", f"stale: its sweep process ({owner}) died"
+        )
+        study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+        stale.append(t.number)
+    if stale and not isinstance(parent, tracking.NoRun):
+        running = parent.client.search_runs(
+            [parent.experiment_id],
+            filter_string=f"tags.`mlflow.parentRunId` = '{parent.run_id}' and attributes.status = 'RUNNING'",
+        )
+        for r in running:
+            if r.data.tags.get("trial") in {str(n) for n in stale}:
+                parent.client.set_tag(r.info.run_id, "error", "stale: its sweep process died")
+                parent.client.set_terminated(r.info.run_id, status="KILLED")
+        log.warning(
+            "marked %d stale trial(s) of a dead sweep process as failed: %s", len(stale), stale
+        )
+    return stale
 
 
 class TransferSweeperImpl(OptunaSweeperImpl):
@@ -139,6 +181,8 @@ class TransferSweeperImpl(OptunaSweeperImpl):
             else tracking.NoRun()
         )
         parent.log_text(OmegaConf.to_yaml(cfg), "sweep_config.yaml")  # hydra.sweeper included
+        mark_stale(study, parent)
+        owner = f"{socket.gethostname()}:{os.getpid()}"  # lets a later sweep tell our dead trials
         log.info(
             "sweep %r: %d trial(s) to run%s | storage %s | MLflow parent run %s",
             study_name, self.n_trials, f", {before} already in the study" if before else "",
@@ -153,6 +197,8 @@ class TransferSweeperImpl(OptunaSweeperImpl):
             while done < self.n_trials:
                 batch = min(self.n_jobs, self.n_trials - done)
                 trials = [study.ask() for _ in range(batch)]
+                for t in trials:
+                    study._storage.set_trial_user_attr(t._trial_id, "sweeper", owner)
                 overrides = self._configure_trials(trials, dists, fixed, fixed_overrides)
                 overrides = [
                     tuple(o) + (f"trial.number={t.number}", f"trial.id={t._trial_id}")
