@@ -196,7 +196,12 @@ def validate(cfg: DictConfig) -> None:
     """Range and consistency checks that the schema's types cannot express."""
     d, t, o = cfg.data, cfg.trainer, cfg.optimizer
     _check(d.image_size >= 8, "data.image_size", d.image_size, "use at least 8 pixels")
-    _check(d.batch_size >= 1, "data.batch_size", d.batch_size, "use a positive batch size")
+    _check(
+        d.batch_size >= 2,
+        "data.batch_size",
+        d.batch_size,
+        "use 2 or more (BatchNorm trains on 2+ images)",
+    )
     _check(d.num_workers >= 0, "data.num_workers", d.num_workers, "use 0 or more workers")
     for key in ("val_fraction", "test_fraction"):
         v = d[key]

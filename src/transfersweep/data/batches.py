@@ -51,7 +51,10 @@ class Batches:
         if self.target_share is not None and self.n_target:
             return self._joint_batches(n)
         order = torch.randperm(n, generator=self.gen) if self.shuffle else torch.arange(n)
-        return list(order.split(self.batch_size))
+        batches = list(order.split(self.batch_size))
+        if self.shuffle and len(batches) > 1 and len(batches[-1]) == 1:
+            batches[-2:] = [torch.cat(batches[-2:])]  # BatchNorm cannot train on a batch of one
+        return batches
 
     def _joint_batches(self, n: int) -> list[torch.Tensor]:
         nt, ns = self.n_target, n - self.n_target

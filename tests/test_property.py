@@ -1,0 +1,79 @@
+"""Property: for any values of the main config keys, a run either finishes with a metric in
+[0, 1] or stops with a short transfersweep error, and never leaves an MLflow run RUNNING."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from conftest import compose, runs
+from transfersweep import train
+from transfersweep.errors import TransferSweepError
+
+VALID = {
+    "regime": st.sampled_from(["pretrain_finetune", "joint", "pretrain_joint", "target_only"]),
+    "freeze": st.sampled_from(["last_layer", "last_blocks", "full"]),
+    "freeze.n_blocks": st.integers(1, 5),
+    "optimizer.lr": st.floats(1e-6, 10.0),
+    "trainer.source_epochs": st.integers(1, 2),
+    "trainer.target_epochs": st.integers(1, 3),
+    "trainer.repeats": st.integers(1, 2),
+    "data.batch_size": st.integers(2, 70),
+    "data.image_size": st.sampled_from([8, 12, 16, 20]),
+    "data.target.k_shot": st.one_of(st.none(), st.integers(1, 60)),
+    "data.val_fraction": st.floats(0.05, 0.5),
+    "data.joint_target_share": st.floats(0.01, 0.99),
+    "data.augment": st.booleans(),
+}
+INVALID = {
+    "freeze.n_blocks": st.sampled_from([-1, 0, 6, 9]),
+    "optimizer.lr": st.sampled_from([0.0, -0.1, 1e6]),
+    "trainer.source_epochs": st.just(0),
+    "trainer.target_epochs": st.just(0),
+    "trainer.repeats": st.just(0),
+    "data.batch_size": st.sampled_from([0, 1]),
+    "data.image_size": st.just(4),
+    "data.target.k_shot": st.sampled_from([0, 200]),
+    "data.val_fraction": st.sampled_from([0.0, 0.8, 1.0]),
+    "data.joint_target_share": st.sampled_from([0.0, 1.0]),
+}
+
+
+@st.composite
+def values(draw):
+    """Valid values everywhere, and in half of the examples one key set to a bad value."""
+    v = {k: draw(s) for k, s in VALID.items()}
+    if draw(st.booleans()):
+        broken = draw(st.sampled_from(sorted(INVALID)))
+        v[broken] = draw(INVALID[broken])
+    return v
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return tmp_path_factory.mktemp("property")
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(values())
+def test_any_config_finishes_or_fails_cleanly(store, v):
+    overrides = [
+        "backbone=tiny",
+        "trainer.device=cpu",
+        "trainer.threads=1",
+        "tracking.log_checkpoint=false",
+    ]
+    overrides += [f"{k}={'null' if x is None else x}" for k, x in v.items()]
+    try:
+        value = train.run(compose(overrides, store))
+    except TransferSweepError as e:
+        event(f"error: {type(e).__name__} {str(e).split('=')[0]}")
+        assert 0 < len(str(e)) < 600, str(e)
+    else:
+        event("finished")
+        assert math.isfinite(value) and 0.0 <= value <= 1.0
+    _, found = runs(store)
+    assert not any(r.info.status == "RUNNING" for r in found)
