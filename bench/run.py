@@ -11,6 +11,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import bench_epoch  # noqa: E402
 import bench_feature_cache  # noqa: E402
+import bench_memory  # noqa: E402
 import bench_pruning  # noqa: E402
 import bench_reuse  # noqa: E402
 import bench_startup  # noqa: E402
@@ -32,6 +33,7 @@ if __name__ == "__main__":
         ("tracking", bench_tracking.main),
         ("reuse", bench_reuse.main),
         ("pruning", bench_pruning.main),
+        ("memory", bench_memory.main),
     ]:
         if not only or name in only:
             fn()
