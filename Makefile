@@ -53,7 +53,7 @@ ui: install ## MLflow UI on the default store (outputs/mlflow.db), bound to HOST
 	@echo "runs: http://$(HOST):$(PORT)/#/experiments/1/runs?workflowType=machine_learning"
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(abspath $(OUTPUTS))/mlflow.db --host $(HOST) --port $(PORT)
 
-test: install check-venv ## run the test suite (CPU, a few minutes)
+test: install check-venv ## run the test suite (CPU, about 7 minutes)
 	$(PY) -m pytest -q
 
 bench: install check-venv ## benchmarks: ratios against plain PyTorch, measured in one run (about 10 minutes on CPU)
