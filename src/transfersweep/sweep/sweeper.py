@@ -106,6 +106,7 @@ def mark_stale(study: Any, parent: Any) -> list[int]:
             if r.data.tags.get("trial") in {str(n) for n in stale}:
                 parent.client.set_tag(r.info.run_id, "error", "stale: its sweep process died")
                 parent.client.set_terminated(r.info.run_id, status="KILLED")
+    if stale:
         log.warning(
             "marked %d stale trial(s) of a dead sweep process as failed: %s", len(stale), stale
         )
