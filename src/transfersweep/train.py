@@ -187,7 +187,10 @@ def _fit_stage(
         lr=cfg.optimizer.lr if stage.on_target else cfg.optimizer.source_lr,
     )
     fit_model.load_state_dict(result.best_state)
-    result.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    if fit_model is not model:  # cached path: best_state holds the head only
+        result.best_state = {
+            k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()
+        }
     mlrun.log_metrics(
         {f"{prefix}/best_val_acc": result.best_val_acc, f"{prefix}/best_epoch": result.best_epoch}
     )
@@ -246,9 +249,11 @@ def execute(p: Prepared, cfg: DictConfig, mlrun: Any) -> Outcome:
         _pretrain(p, cfg, i, stage, mlrun)
     # Repeats restart the target stages from here; heads are fresh in every stage anyway.
     heads = classifier_prefixes(p.model)
-    start = {
-        k: v.detach().clone() for k, v in p.model.state_dict().items() if not k.startswith(heads)
-    }
+    start = (
+        {k: v.detach().clone() for k, v in p.model.state_dict().items() if not k.startswith(heads)}
+        if cfg.trainer.repeats > 1
+        else {}
+    )
     n_target = len(data.target.classes)
     pruning = trial.Pruning(cfg)
     vals, tests, best = [], [], None
