@@ -160,17 +160,22 @@ def experiment_id(client: Any, name: str, location: str | None) -> str:
         return exp.experiment_id
 
 
+def _open_experiment(cfg: DictConfig) -> tuple[Any, str, str]:
+    """Client, experiment id and URI of the configured store (experiment created if needed)."""
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri(cfg)
+    client = MlflowClient(tracking_uri=uri)
+    return client, experiment_id(client, cfg.tracking.experiment, artifact_location(cfg)), uri
+
+
 @contextmanager
 def start(cfg: DictConfig, run_name: str, tags: Mapping[str, Any]) -> Iterator[Run]:
     """Open a run; on exit it is FINISHED, or FAILED (error tag) / KILLED on interrupt, then re-raised."""
     if not cfg.tracking.enabled:
         yield NoRun()
         return
-    from mlflow.tracking import MlflowClient
-
-    uri = tracking_uri(cfg)
-    client = MlflowClient(tracking_uri=uri)
-    exp_id = experiment_id(client, cfg.tracking.experiment, artifact_location(cfg))
+    client, exp_id, uri = _open_experiment(cfg)
     all_tags = {"mlflow.runName": run_name, **{k: str(v) for k, v in tags.items()}}
     if cfg.tracking.parent_run_id:
         all_tags["mlflow.parentRunId"] = cfg.tracking.parent_run_id
@@ -228,11 +233,7 @@ def open_parent(
     trials never race on a fresh store), reopened when the same study is resumed."""
     import json
 
-    from mlflow.tracking import MlflowClient
-
-    uri = tracking_uri(cfg)
-    client = MlflowClient(tracking_uri=uri)
-    exp_id = experiment_id(client, cfg.tracking.experiment, artifact_location(cfg))
+    client, exp_id, uri = _open_experiment(cfg)
     where = redact(str(storage))
     found = client.search_runs(
         [exp_id],
