@@ -111,7 +111,15 @@ def test_after_kill_9_a_resumed_sweep_marks_the_dead_trial_stale_and_goes_on(tmp
     )
     dead = next(t for t in study.trials if t.state == optuna.trial.TrialState.FAIL)
     assert dead.user_attrs["error"].startswith("stale")
-    assert states.count(optuna.trial.TrialState.COMPLETE) >= 1
+    # the dead trial's cell runs again (queued with the same parameters) and so does the other
+    # cell: both evaluated once, the stale one kept as a FAIL record
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 2
+    retry = next(t for t in study.trials if t.user_attrs.get("retry_of") == dead.number)
+    assert retry.params == dead.params and retry.state == optuna.trial.TrialState.COMPLETE
+    assert {t.params["freeze"] for t in study.trials if t.state.name == "COMPLETE"} == {
+        "last_layer",
+        "full",
+    }
     _, found = runs(tmp_path)
     assert not any(r.info.status == "RUNNING" for r in found)
     killed = next(r for r in found if r.data.tags.get("trial") == str(dead.number))

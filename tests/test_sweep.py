@@ -114,9 +114,14 @@ def test_progress_line_per_trial(sweep):
 
 def test_same_study_name_resumes_and_adds_trials(sweep):
     out, _, args = sweep
-    res = cli([*args, "hydra.sweeper.n_trials=2"], cwd=out)  # the later override wins
+    again = cli(args, cwd=out)  # n_trials is the study's total: the same command runs nothing more
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "0 trial(s) to run (n_trials=5 is the study's total, 5 already" in again.stdout
+    assert len(_study(out, "t").trials) == 5
+    res = cli([*args, "hydra.sweeper.n_trials=7"], cwd=out)  # the later override wins
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "2 trial(s) to run, 5 already in the study" in res.stdout + res.stderr
+    assert "2 trial(s) to run (n_trials=7 is the study's total, 5 already" in res.stdout
+    assert "trial 7/7 [#6]" in res.stdout
     study = _study(out, "t")
     assert len(study.trials) == 7 and len({t.number for t in study.trials}) == 7
     _, found = runs(out)

@@ -127,7 +127,10 @@ class Run:
         self.client.log_text(self.run_id, redact(text), artifact_file)
 
     def ui_url(self, host: str = "127.0.0.1", port: int = UI_PORT) -> str:
-        return f"http://{host}:{port}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
+        base = (
+            self.uri.rstrip("/") if self.uri.startswith("http") else f"http://{host}:{port}"
+        )  # a tracking server serves its own UI
+        return f"{redact(base)}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
 
 
 class NoRun(Run):

@@ -29,6 +29,11 @@ class TransferSweeperConf(OptunaSweeperConf):
     max_failure_rate: float = 0.5
     min_trials_for_failure_rate: int = 4
     summary: bool = True  # write the paradigm table and plots to the MLflow parent run
+    # Many workers, one study: each worker stamps its running trials every heartbeat_s; a RUNNING
+    # trial of another host whose stamp is older than stale_after_s is taken as dead (failed as
+    # "stale" and run again). Same-host trials are judged at once by their process id.
+    heartbeat_s: float = 30.0
+    stale_after_s: float = 300.0
 
 
 ConfigStore.instance().store(

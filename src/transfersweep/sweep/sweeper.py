@@ -7,7 +7,11 @@ space, sampling and the custom search-space hook, and replaces its loop to:
 - keep going when a trial fails (Optuna FAIL, MLflow FAILED with the reason),
   within a sweep-level failure budget, and end with a clear message, not a
   traceback, when nothing succeeds;
-- print one progress line per trial and write the summary to the parent run.
+- print one progress line per trial and write the summary to the parent run;
+- let many workers (processes or machines) share one study: `n_trials` is the
+  study's total, each worker takes trials under a study lock until the study
+  holds that many, and trials whose worker died (no heartbeat) or was
+  interrupted are failed with the reason and run again, never counted twice.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import math
 import os
 import socket
 import sys
+import threading
 import time
 from typing import Any
 
@@ -29,6 +34,7 @@ from omegaconf import OmegaConf
 
 from transfersweep import tracking
 from transfersweep.sweep import summary
+from transfersweep.sweep.lock import study_lock
 from transfersweep.sweep.trial import storage_url
 
 log = logging.getLogger("transfersweep.sweep")
@@ -82,20 +88,56 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def mark_stale(study: Any, parent: Any) -> list[int]:
-    """Trials left RUNNING by a sweep process of this host that no longer exists (kill -9, power
-    loss) become FAIL in Optuna and KILLED in MLflow, reason "stale". Trials owned by a live
-    process or another host are left alone: they may still be running."""
-    host = socket.gethostname()
+def worker_name() -> str:
+    """`host:pid` of this sweep process, stored on each trial it runs. TRANSFERSWEEP_HOST names the
+    host where machines share a hostname (e.g. containers started from one image)."""
+    return f"{os.environ.get('TRANSFERSWEEP_HOST') or socket.gethostname()}:{os.getpid()}"
+
+
+_REDO = ("stale", "interrupted")  # failures that say nothing about the trial's parameters
+RUNNING, WAITING, FAIL = (
+    optuna.trial.TrialState.RUNNING,
+    optuna.trial.TrialState.WAITING,
+    optuna.trial.TrialState.FAIL,
+)
+
+
+def _redo(t: Any) -> bool:
+    return t.state == FAIL and str(t.user_attrs.get("error", "")).startswith(_REDO)
+
+
+def held(study: Any) -> int:
+    """Trials that count towards n_trials: all but the interrupted / stale ones (their
+    parameters are queued again as a WAITING trial, which counts instead)."""
+    return sum(not _redo(t) for t in study.get_trials(deepcopy=False))
+
+
+def _dead(t: Any, me: str, stale_after_s: float) -> bool:
+    owner = t.user_attrs.get("sweeper") or ""
+    host, _, pid = owner.rpartition(":")
+    if owner and host == me.rpartition(":")[0]:  # this host: ask the OS whether it still runs
+        return not _alive(int(pid))
+    beat = t.user_attrs.get("heartbeat")  # another host: its sweep process beats while it runs
+    last = float(beat) if beat is not None else t.datetime_start.timestamp()
+    return time.time() - last > stale_after_s
+
+
+def mark_stale(study: Any, parent: Any, stale_after_s: float = 300.0) -> list[int]:
+    """Trials left RUNNING by a dead sweep process (kill -9, power loss, lost node) become FAIL in
+    Optuna and KILLED in MLflow, reason "stale". A process on this host is dead when the OS says so;
+    one on another host when its heartbeat is older than stale_after_s. Then every interrupted or
+    stale trial not yet queued again is enqueued with the same parameters, so the study still
+    reaches n_trials evaluated trials. Call under the study lock."""
+    me = worker_name()
     stale = []
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        owner = t.user_attrs.get("sweeper")
-        if not owner or not owner.startswith(f"{host}:") or _alive(int(owner.rsplit(":", 1)[1])):
+    for t in study.get_trials(deepcopy=False, states=(RUNNING,)):
+        if not _dead(t, me, stale_after_s):
             continue
+        owner = t.user_attrs.get("sweeper") or "unknown"
         study._storage.set_trial_user_attr(
             t._trial_id, "error", f"stale: its sweep process ({owner}) died"
         )
-        study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+        study._storage.set_trial_state_values(t._trial_id, FAIL)
         stale.append(t.number)
     if stale and not isinstance(parent, tracking.NoRun):
         running = parent.client.search_runs(
@@ -110,7 +152,58 @@ def mark_stale(study: Any, parent: Any) -> list[int]:
         log.warning(
             "marked %d stale trial(s) of a dead sweep process as failed: %s", len(stale), stale
         )
+    trials = study.get_trials(deepcopy=False)
+    queued = {t.user_attrs.get("retry_of") for t in trials}
+    for t in trials:
+        if _redo(t) and t.number not in queued and t.params:
+            _requeue(study, t)
+            log.info("trial #%d (%s) queued to run again", t.number, t.user_attrs["error"][:60])
     return stale
+
+
+def _requeue(study: Any, t: Any) -> None:
+    """`study.enqueue_trial(t.params)`, keeping a grid cell's id: GridSampler needs it on every
+    trial it sees (an enqueued trial without one breaks its after_trial)."""
+    keep = {k: t.system_attrs[k] for k in ("grid_id", "search_space") if k in t.system_attrs}
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=WAITING,
+            system_attrs={"fixed_params": t.params, **keep},
+            user_attrs={"retry_of": t.number},
+        )
+    )
+
+
+class Heartbeat:
+    """Stamps `heartbeat` (unix time) on this worker's running trials every `interval` seconds, so
+    a worker on another machine can tell a live trial from one whose worker died."""
+
+    def __init__(self, study: Any, interval: float):
+        self.study, self.interval = study, interval
+        self.trial_ids: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
+        self._thread.start()
+
+    def track(self, trial_ids: list[int]) -> None:
+        self.trial_ids = list(trial_ids)
+        self.beat()
+
+    def beat(self) -> None:
+        now = time.time()
+        for tid in self.trial_ids:
+            try:
+                self.study._storage.set_trial_user_attr(tid, "heartbeat", now)
+            except Exception:  # finished meanwhile (or the store blinked): the next beat retries
+                pass
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.beat()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.trial_ids = []
 
 
 class TransferSweeperImpl(OptunaSweeperImpl):
@@ -127,6 +220,8 @@ class TransferSweeperImpl(OptunaSweeperImpl):
         params: Any,
         min_trials_for_failure_rate: int = 4,
         summary: bool = True,
+        heartbeat_s: float = 30.0,
+        stale_after_s: float = 300.0,
     ) -> None:
         # The hook is resolved here, not through hydra.utils.instantiate (Hydra 1.4 would warn).
         super().__init__(
@@ -145,6 +240,7 @@ class TransferSweeperImpl(OptunaSweeperImpl):
         )
         self.min_trials_for_failure_rate = min_trials_for_failure_rate
         self.write_summary = summary
+        self.heartbeat_s, self.stale_after_s = heartbeat_s, stale_after_s
 
     def sweep(self, arguments: list[str]) -> None:
         cfg = self.config
@@ -164,29 +260,32 @@ class TransferSweeperImpl(OptunaSweeperImpl):
 
         storage = storage_url(self.storage)
         study_name = self.study_name or "transfersweep"
-        study = optuna.create_study(
-            study_name=study_name,
-            storage=storage,
-            sampler=self.sampler,
-            direction=self._get_directions()[0],
-            load_if_exists=True,
-        )
-        before = len(study.trials)
         space = {k: str(v) for k, v in (self.params or {}).items()} | {
             a.split("=", 1)[0]: a.split("=", 1)[1] for a in arguments if "=" in a
         }
         task_cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
-        parent = (
-            tracking.open_parent(task_cfg, study_name, storage, space)
-            if cfg.tracking.enabled
-            else tracking.NoRun()
-        )
-        parent.log_text(OmegaConf.to_yaml(cfg), "sweep_config.yaml")  # hydra.sweeper included
-        mark_stale(study, parent)
-        owner = f"{socket.gethostname()}:{os.getpid()}"  # lets a later sweep tell our dead trials
+        with study_lock(storage, study_name):  # the first of many workers creates the stores
+            study = optuna.create_study(
+                study_name=study_name,
+                storage=storage,
+                sampler=self.sampler,
+                direction=self._get_directions()[0],
+                load_if_exists=True,
+            )
+            parent = (
+                tracking.open_parent(task_cfg, study_name, storage, space)
+                if cfg.tracking.enabled
+                else tracking.NoRun()
+            )
+            parent.log_text(OmegaConf.to_yaml(cfg), "sweep_config.yaml")  # hydra.sweeper included
+            mark_stale(study, parent, self.stale_after_s)
+            before = held(study)
+        me = worker_name()  # lets a later sweep tell our dead trials
         log.info(
-            "sweep %r: %d trial(s) to run%s | storage %s | MLflow parent run %s",
-            study_name, self.n_trials, f", {before} already in the study" if before else "",
+            "sweep %r: %d trial(s) to run (n_trials=%d is the study's total%s) | storage %s | "
+            "MLflow parent run %s",
+            study_name, max(0, self.n_trials - before), self.n_trials,
+            f", {before} already in the study" if before else "",
             tracking.redact(str(storage)), parent.run_id,
         )  # fmt: skip
 
@@ -194,12 +293,17 @@ class TransferSweeperImpl(OptunaSweeperImpl):
         first_error: str | None = None
         status = "FINISHED"
         trials: list[Any] = []
+        heartbeat = Heartbeat(study, self.heartbeat_s)
         try:
-            while done < self.n_trials:
-                batch = min(self.n_jobs, self.n_trials - done)
-                trials = [study.ask() for _ in range(batch)]
-                for t in trials:
-                    study._storage.set_trial_user_attr(t._trial_id, "sweeper", owner)
+            while True:
+                with study_lock(storage, study_name):  # count and take under one lock: exact total
+                    batch = min(self.n_jobs, self.n_trials - held(study))
+                    trials = [study.ask() for _ in range(max(0, batch))]
+                    for t in trials:
+                        study._storage.set_trial_user_attr(t._trial_id, "sweeper", me)
+                if not trials:
+                    break
+                heartbeat.track([t._trial_id for t in trials])
                 overrides = self._configure_trials(trials, dists, fixed, fixed_overrides)
                 overrides = [
                     tuple(o) + (f"trial.number={t.number}", f"trial.id={t._trial_id}")
@@ -220,12 +324,13 @@ class TransferSweeperImpl(OptunaSweeperImpl):
                         failed += 1
                         first_error = first_error or error
                         study._storage.set_trial_user_attr(trial._trial_id, "error", error)
-                        _tell(study, trial, state=optuna.trial.TrialState.FAIL)
-                    self._progress(study, trial, done, value, error, time.perf_counter() - t0)
+                        _tell(study, trial, state=FAIL)
+                    self._progress(study, trial, value, error, time.perf_counter() - t0)
+                trials = []
                 if (
                     done >= self.min_trials_for_failure_rate
                     and failed / done > self.max_failure_rate
-                    and done < self.n_trials
+                    and held(study) < self.n_trials
                 ):
                     status = "FAILED"
                     log.error(
@@ -244,16 +349,17 @@ class TransferSweeperImpl(OptunaSweeperImpl):
                 else f"interrupted ({type(e).__name__})"
             )
             for t in trials:
-                if study._storage.get_trial(t._trial_id).state == optuna.trial.TrialState.RUNNING:
+                if study._storage.get_trial(t._trial_id).state == RUNNING:
                     study._storage.set_trial_user_attr(t._trial_id, "error", reason)
-                    _tell(study, t, state=optuna.trial.TrialState.FAIL)
+                    _tell(study, t, state=FAIL)
             parent.set_tags({"interrupted": reason})
             log.error(
                 "sweep %r %s; finished trials are kept, run it again to resume", study_name, reason
             )
             raise
         finally:
-            self._finish(study, parent, status)
+            heartbeat.stop()
+            self._finish(study, parent, status, storage, me)
 
         complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
         if not complete:
@@ -265,6 +371,7 @@ class TransferSweeperImpl(OptunaSweeperImpl):
             )  # fmt: skip
             sys.exit(1)
         best = study.best_trial
+        os.makedirs(cfg.hydra.sweep.dir, exist_ok=True)  # absent when this worker ran no trial
         OmegaConf.save(
             OmegaConf.create(
                 {"name": "optuna", "best_params": best.params, "best_value": best.value}
@@ -278,7 +385,6 @@ class TransferSweeperImpl(OptunaSweeperImpl):
         self,
         study: Any,
         trial: Any,
-        done: int,
         value: float | None,
         error: str | None,
         seconds: float,
@@ -303,9 +409,12 @@ class TransferSweeperImpl(OptunaSweeperImpl):
             result = f"val_acc {value:.4f}{spread}"
         else:
             result = error if error.startswith("PRUNED") else f"FAILED: {error}"
+        ended = sum(
+            not _redo(t) and t.state.is_finished() for t in study.get_trials(deepcopy=False)
+        )  # study-wide, so the count is right with many workers and after a resume
         log.info(
             "trial %d/%d [#%d] %s %s -> %s | %s | %.0fs",
-            done,
+            ended,
             self.n_trials,
             trial.number,
             paradigm,
@@ -315,13 +424,28 @@ class TransferSweeperImpl(OptunaSweeperImpl):
             seconds,
         )
 
-    def _finish(self, study: Any, parent: Any, status: str) -> None:
+    def _finish(self, study: Any, parent: Any, status: str, storage: str | None, me: str) -> None:
+        """The last worker to stop writes the summary and ends the parent run; a worker that
+        stops while others still run trials leaves the parent RUNNING for them."""
         if isinstance(parent, tracking.NoRun):
+            return
+        with study_lock(storage, study_name := study.study_name):
+            others = [
+                t
+                for t in study.get_trials(deepcopy=False, states=(RUNNING,))
+                if t.user_attrs.get("sweeper") != me and not _dead(t, me, self.stale_after_s)
+            ]
+        if others:
+            parent.flush()
+            log.info(
+                "%d trial(s) of study %r still run in other workers; the last one to finish "
+                "writes the summary", len(others), study_name,
+            )  # fmt: skip
             return
         try:
             if self.write_summary:
                 head = summary.log_to_parent(study, parent)
-                log.info("paradigm table (study %r):\n%s", study.study_name, head["table"])
+                log.info("paradigm table (study %r):\n%s", study_name, head["table"])
                 log.info("MLflow: `make ui`, then %s", parent.ui_url())
         finally:
             parent.flush()

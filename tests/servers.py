@@ -1,0 +1,152 @@
+"""Real servers for the tests: a throwaway PostgreSQL cluster and an MLflow tracking server, both
+on 127.0.0.1, started the way users start them and stopped afterwards.
+
+PostgreSQL comes from the distro (`.ci/run` installs Debian's `postgresql` when it is missing).
+PostgreSQL refuses to run as root, so under root the cluster runs as the `postgres` system user.
+Without the binaries the tests that need them skip, unless TRANSFERSWEEP_REQUIRE_SERVERS=1 (CI),
+where they fail instead.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+PASSWORD = "s3cret-Pw-7731"  # the tests grep every output for it
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pg_bindir() -> Path | None:
+    for pattern in ("/usr/lib/postgresql/*/bin",):
+        found = sorted(glob.glob(pattern), key=lambda p: int(p.split("/")[-2]))
+        if found:
+            return Path(found[-1])
+    initdb = shutil.which("initdb")
+    return Path(initdb).parent if initdb else None
+
+
+def _missing(what: str):
+    if os.environ.get("TRANSFERSWEEP_REQUIRE_SERVERS") == "1":
+        pytest.fail(f"{what} is required here (TRANSFERSWEEP_REQUIRE_SERVERS=1)")
+    pytest.skip(f"{what} is not installed (apt-get install postgresql)")
+
+
+class Postgres:
+    """One cluster; `url(db)` gives a SQLAlchemy URL with the password, databases made on demand."""
+
+    def __init__(self, port: int):
+        self.port = port
+
+    def url(self, db: str) -> str:
+        return f"postgresql://tsuser:{PASSWORD}@127.0.0.1:{self.port}/{db}"
+
+    def create_db(self, db: str) -> str:
+        import psycopg2
+
+        conn = psycopg2.connect(
+            host="127.0.0.1", port=self.port, user="tsuser", password=PASSWORD, dbname="postgres"
+        )
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(f'CREATE DATABASE "{db}"')  # test-chosen names only
+        conn.close()
+        return self.url(db)
+
+
+@contextmanager
+def postgres():
+    bindir = _pg_bindir()
+    if bindir is None:
+        _missing("PostgreSQL")
+    as_root = os.geteuid() == 0
+    prefix = ["runuser", "-u", "postgres", "--"] if as_root else []
+    base = Path(tempfile.mkdtemp(prefix="ts-pg-"))  # not under pytest's 0700 tmp (postgres user)
+    data, sock = base / "data", base / "sock"
+    sock.mkdir()
+    pwfile = base / "pw"
+    pwfile.write_text(PASSWORD + "\n")
+    if as_root:
+        shutil.chown(base, "postgres")
+        shutil.chown(sock, "postgres")
+        shutil.chown(pwfile, "postgres")
+    port = free_port()
+    log = base / "server.log"
+    subprocess.run(
+        [*prefix, str(bindir / "initdb"), "-D", str(data), "-U", "tsuser", "--pwfile", str(pwfile),
+         "--auth=scram-sha-256", "-E", "UTF8"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    subprocess.run(
+        [*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-o",
+         f"-h 127.0.0.1 -p {port} -k {sock} -c max_connections=200", "start"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    try:
+        yield Postgres(port)
+    finally:
+        subprocess.run(
+            [*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
+            capture_output=True,
+        )
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@contextmanager
+def mlflow_server(backend: str, artifacts: Path, port: int | None = None):
+    """`python -m transfersweep.server` (what `make server` runs) until the block ends."""
+    port = port or free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "transfersweep.server", "--backend", backend,
+         "--artifacts", str(artifacts), "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    out = proc.stdout.read() if proc.poll() is not None else ""
+                    raise RuntimeError(f"MLflow server did not start:\n{out[-3000:]}") from None
+                time.sleep(0.5)
+        _wait_healthy(url, deadline)
+        yield url, proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _wait_healthy(url: str, deadline: float) -> None:
+    import urllib.request
+
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=5) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.time() > deadline:
+            raise RuntimeError(f"MLflow server at {url} never became healthy")
+        time.sleep(0.5)
