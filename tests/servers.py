@@ -56,15 +56,13 @@ class Postgres:
         return f"postgresql://tsuser:{PASSWORD}@127.0.0.1:{self.port}/{db}"
 
     def create_db(self, db: str) -> str:
-        import psycopg2
+        import psycopg
 
-        conn = psycopg2.connect(
-            host="127.0.0.1", port=self.port, user="tsuser", password=PASSWORD, dbname="postgres"
-        )
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute(f'CREATE DATABASE "{db}"')  # test-chosen names only
-        conn.close()
+        with psycopg.connect(
+            host="127.0.0.1", port=self.port, user="tsuser", password=PASSWORD, dbname="postgres",
+            autocommit=True,
+        ) as conn:  # fmt: skip
+            conn.execute(f'CREATE DATABASE "{db}"')  # test-chosen names only
         return self.url(db)
 
 

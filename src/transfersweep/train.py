@@ -23,6 +23,7 @@ import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import hydra
@@ -368,11 +369,28 @@ def run(cfg: DictConfig) -> float:
     return float(out.val_acc)
 
 
+def _redact_hydra_record() -> None:
+    """Hydra saved this job's config and command line under .hydra/ before we start; a password
+    typed into a storage or tracking URL is masked there too (prefer PGPASSWORD / ~/.pgpass)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from transfersweep.tracking import redact
+
+    hc = HydraConfig.get()
+    if hc.output_subdir is None:
+        return
+    for f in (Path(hc.runtime.output_dir) / hc.output_subdir).glob("*.yaml"):
+        text = f.read_text()
+        if redact(text) != text:
+            f.write_text(redact(text))
+
+
 @hydra.main(config_path="../../conf", config_name="train")
 def main(cfg: DictConfig) -> float:
     try:
         from transfersweep.sweep.trial import fill_from_hydra
 
+        _redact_hydra_record()
         fill_from_hydra(cfg)
         return run(cfg)
     except TransferSweepError as e:

@@ -107,9 +107,9 @@ def _redo(t: Any) -> bool:
 
 
 def held(study: Any) -> int:
-    """Trials that count towards n_trials: all but the interrupted / stale ones (their
-    parameters are queued again as a WAITING trial, which counts instead)."""
-    return sum(not _redo(t) for t in study.get_trials(deepcopy=False))
+    """Trials that count towards n_trials: running or ended, except the interrupted / stale ones,
+    whose parameters wait in the queue (WAITING) for the next `ask`."""
+    return sum(t.state != WAITING and not _redo(t) for t in study.get_trials(deepcopy=False))
 
 
 def _dead(t: Any, me: str, stale_after_s: float) -> bool:
@@ -280,6 +280,12 @@ class TransferSweeperImpl(OptunaSweeperImpl):
             parent.log_text(OmegaConf.to_yaml(cfg), "sweep_config.yaml")  # hydra.sweeper included
             mark_stale(study, parent, self.stale_after_s)
             before = held(study)
+            # Workers (and resumes) after the first draw other random numbers: with one seed, every
+            # worker's TPE start-up trials would repeat the same parameters.
+            starts = study._storage.get_study_system_attrs(study._study_id).get("workers", 0)
+            study._storage.set_study_system_attr(study._study_id, "workers", starts + 1)
+            if starts:
+                self.sampler.reseed_rng()
         me = worker_name()  # lets a later sweep tell our dead trials
         log.info(
             "sweep %r: %d trial(s) to run (n_trials=%d is the study's total%s) | storage %s | "

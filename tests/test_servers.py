@@ -1,0 +1,212 @@
+"""Real servers: a PostgreSQL-backed study shared by 4 worker processes, an MLflow tracking server
+(`python -m transfersweep.server`, what `make server` runs) with SQLite and PostgreSQL backends,
+and no password in anything transfersweep writes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from conftest import FAST
+from servers import PASSWORD, free_port, mlflow_server, postgres
+
+WORKER = [
+    "-m",
+    "sweep=paradigm",
+    *FAST,
+    "trainer.target_epochs=1",
+    "pruner.name=none",
+    "hydra.sweeper.study_name=shared",
+]
+
+
+@pytest.fixture(scope="module")
+def pg():
+    with postgres() as server:
+        yield server
+
+
+def _listening_on(port: int) -> set[str]:
+    """Local addresses with a listening TCP socket on `port` (from /proc: no extra tool)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        if not os.path.exists(table):
+            continue
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            addr, p = local.rsplit(":", 1)
+            if state == "0A" and int(p, 16) == port:
+                found.add(addr)
+    return found
+
+
+def _workers(n: int, args: list[str], cwd: Path, env: dict | None = None):
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "transfersweep.train", *args],
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        )
+        for _ in range(n)
+    ]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    return [p.returncode for p in procs], outs
+
+
+def _all_text_under(root: Path) -> str:
+    return "\n".join(
+        f.read_text(errors="replace")
+        for f in root.rglob("*")
+        if f.is_file() and f.stat().st_size < 10**7
+    )
+
+
+def test_make_server_binds_loopback_and_takes_runs_over_http(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    port = free_port()
+    with mlflow_server(
+        f"sqlite:///{tmp_path / 'server' / 'mlflow.db'}", tmp_path / "art", port
+    ) as (
+        url,
+        _,
+    ):
+        assert _listening_on(port) and _listening_on(port) <= {
+            "0100007F",  # 127.0.0.1 (little-endian hex)
+            "00000000000000000000000001000000",  # ::1
+        }
+        res = subprocess.run(
+            [sys.executable, "-m", "transfersweep.train", *FAST, "regime=target_only",
+             f"tracking.uri={url}", f"paths.outputs={tmp_path / 'out'}"],
+            cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+        client = MlflowClient(tracking_uri=url)
+        (run,) = client.search_runs([client.get_experiment_by_name("transfersweep").experiment_id])
+        assert run.info.status == "FINISHED" and run.data.metrics["target/val_acc"] >= 0
+        files = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")}
+        assert "checkpoint/model.safetensors" in files
+        # artifacts went through the server into its artifact root, not to a client-side path
+        assert list((tmp_path / "art").rglob("model.safetensors"))
+        assert not (tmp_path / "out" / "mlartifacts").exists()
+        assert f"{url}/#/experiments/" in res.stdout + res.stderr
+
+
+def test_four_workers_share_one_postgres_study_and_mlflow_server(pg, tmp_path):
+    """4 processes start the same sweep at once: exactly n_trials trials, numbered 0..n-1, each
+    with one FINISHED MLflow run under one parent; no lock errors; no password written anywhere."""
+    from mlflow.tracking import MlflowClient
+
+    storage = pg.create_db("optuna4")
+    backend = pg.create_db("mlflow4")
+    n = 10
+    with mlflow_server(backend, tmp_path / "art") as (url, server):
+        codes, outs = _workers(
+            4,
+            [*WORKER, f"hydra.sweeper.n_trials={n}", f"hydra.sweeper.storage={storage}",
+             f"tracking.uri={url}", f"paths.outputs={tmp_path / 'out'}"],
+            tmp_path,
+        )  # fmt: skip
+        log = "\n".join(outs)
+        assert codes == [0, 0, 0, 0], log[-6000:]
+        study = optuna.load_study(study_name="shared", storage=storage)
+        trials = study.trials
+        assert sorted(t.number for t in trials) == list(range(n))
+        assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+        assert len({t.user_attrs["sweeper"] for t in trials}) >= 2  # really shared
+        for word in ("database is locked", "deadlock", "Traceback", "duplicate key"):
+            assert word not in log
+
+        client = MlflowClient(tracking_uri=url)
+        exp = client.get_experiment_by_name("transfersweep")
+        found = client.search_runs([exp.experiment_id], max_results=1000)
+        (parent,) = [r for r in found if r.data.tags.get("transfersweep.role") == "sweep"]
+        children = [r for r in found if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+        assert sorted(int(c.data.tags["trial"]) for c in children) == list(range(n))
+        assert all(r.info.status == "FINISHED" for r in found)  # the last worker ended the parent
+        assert {a.path for a in client.list_artifacts(parent.info.run_id, "summary")}
+
+        # security: the storage URL carried a password; it is redacted wherever we write it
+        assert PASSWORD not in log
+        for r in found:
+            assert PASSWORD not in repr(r.data.params) + repr(r.data.tags)
+        assert "***@" in parent.data.tags["optuna_storage"]
+        dest = tmp_path / "downloaded"
+        client.download_artifacts(parent.info.run_id, "", str(dest))
+        client.download_artifacts(children[0].info.run_id, "", str(dest / "child"))
+        assert PASSWORD not in _all_text_under(dest)
+        assert PASSWORD not in _all_text_under(tmp_path / "out")  # Hydra's .hydra/ records too
+        server.terminate()
+        assert PASSWORD not in server.communicate(timeout=30)[0]
+
+
+def test_sqlite_study_with_parallel_workers(tmp_path):
+    """The SQLite limit stated in the README: 3 workers on one machine, stores created by the
+    first worker under the study lock, every trial exactly once."""
+    n = 6
+    codes, outs = _workers(
+        3,
+        [*WORKER, f"hydra.sweeper.n_trials={n}", f"paths.outputs={tmp_path}"],
+        tmp_path,
+    )
+    log = "\n".join(outs)
+    assert codes == [0, 0, 0], log[-6000:]
+    study = optuna.load_study(study_name="shared", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert sorted(t.number for t in study.trials) == list(range(n))
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    assert "database is locked" not in log
+
+
+def test_another_hosts_trial_is_stale_only_after_its_heartbeat_stops(tmp_path):
+    """A trial owned by a worker on another host (TRANSFERSWEEP_HOST) is judged by its heartbeat:
+    left alone while fresh, failed as stale and re-run once it is older than stale_after_s."""
+    args = [*WORKER, "regime=target_only", "hydra.sweeper.n_trials=2", f"paths.outputs={tmp_path}"]
+    node_a_log = open(tmp_path / "node-a.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "transfersweep.train", *args, "trainer.target_epochs=100000",
+         "hydra.sweeper.heartbeat_s=1"],
+        cwd=tmp_path, stdout=node_a_log, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "TRANSFERSWEEP_HOST": "node-a"},
+    )  # fmt: skip
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    deadline = time.time() + 180
+    while (
+        "[target] epoch   5/100000" not in (tmp_path / "node-a.log").read_text()
+    ):  # beaten a few times
+        assert time.time() < deadline and proc.poll() is None, (tmp_path / "node-a.log").read_text()
+        time.sleep(1)
+    fresh = subprocess.run(
+        [sys.executable, "-m", "transfersweep.train", *args, "hydra.sweeper.stale_after_s=60"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "TRANSFERSWEEP_HOST": "node-b"},
+    )  # fmt: skip
+    assert fresh.returncode == 0, fresh.stdout[-3000:]
+    assert "stale" not in fresh.stdout  # node-a's beating trial is left alone and counted
+    states = [t.state.name for t in optuna.load_study(study_name="shared", storage=storage).trials]
+    assert sorted(states) == ["COMPLETE", "RUNNING"]
+    proc.kill()  # node-a dies without a word; its heartbeat stops
+    proc.wait(timeout=30)
+    time.sleep(3)
+    late = subprocess.run(
+        [sys.executable, "-m", "transfersweep.train", *args, "hydra.sweeper.stale_after_s=2"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "TRANSFERSWEEP_HOST": "node-b"},
+    )  # fmt: skip
+    assert late.returncode == 0, late.stdout[-3000:]
+    assert "marked 1 stale trial(s)" in late.stdout
+    trials = optuna.load_study(study_name="shared", storage=storage).trials
+    assert sorted(t.state.name for t in trials) == ["COMPLETE", "COMPLETE", "FAIL"]
+    dead = next(t for t in trials if t.state.name == "FAIL")
+    assert "node-a" in dead.user_attrs["error"]
+    assert (
+        next(t for t in trials if t.user_attrs.get("retry_of") == dead.number).params == dead.params
+    )
