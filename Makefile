@@ -15,13 +15,16 @@ PARALLEL = $(if $(filter-out 1,$(JOBS)),hydra/launcher=joblib hydra.launcher.n_j
 HOST ?= 127.0.0.1
 PORT ?= 5000
 OUTPUTS ?= outputs
+# make server: database of the MLflow tracking server (PostgreSQL by URL) and its artifact folder
+BACKEND ?= sqlite:///$(OUTPUTS)/server/mlflow.db
+ARTIFACTS ?= $(OUTPUTS)/server/artifacts
 
 .DEFAULT_GOAL := help
-.PHONY: help install check-venv train sweep grid ui test bench lint format clean
+.PHONY: help install check-venv train sweep grid ui server test bench lint format clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-9s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-	@echo "  variables: BACKBONE=$(BACKBONE) DATA=$(DATA) STUDY=<name> TRIALS=$(TRIALS) REPEATS=$(REPEATS) JOBS=$(JOBS) ARGS='<overrides>' HOST=$(HOST) PORT=$(PORT)"
+	@echo "  variables: BACKBONE=$(BACKBONE) DATA=$(DATA) STUDY=<name> TRIALS=$(TRIALS) REPEATS=$(REPEATS) JOBS=$(JOBS) ARGS='<overrides>' HOST=$(HOST) PORT=$(PORT) BACKEND=<db url>"
 
 install: $(VENV)/.installed ## create .venv with everything (reuses a healthy one)
 
@@ -52,6 +55,9 @@ grid: install check-venv ## every regime x freeze cell once (REPEATS=3 for mean 
 ui: install ## MLflow UI on the default store (outputs/mlflow.db), bound to HOST=127.0.0.1
 	@echo "runs: http://$(HOST):$(PORT)/#/experiments/1/runs?workflowType=machine_learning"
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(abspath $(OUTPUTS))/mlflow.db --host $(HOST) --port $(PORT)
+
+server: install ## MLflow tracking server for many workers: BACKEND=postgresql://user@host/db, HOST=127.0.0.1
+	$(PY) -m transfersweep.server --backend "$(BACKEND)" --artifacts "$(ARTIFACTS)" --host "$(HOST)" --port "$(PORT)"
 
 test: install check-venv ## run the test suite (CPU, about 7 minutes)
 	$(PY) -m pytest -q

@@ -237,3 +237,25 @@ def test_parallel_trials_with_the_joblib_launcher(tmp_path):
     assert {c.data.params["trainer.threads"] for c in children} == {
         str(max(1, (os.cpu_count() or 1) // 2))
     }
+
+
+def test_submitit_local_launcher_runs_each_trial_as_its_own_job(tmp_path):
+    """hydra/launcher=local: the SLURM launcher's local mode (submitit), 2 trials at once."""
+    args = [
+        "-m",
+        "sweep=paradigm",
+        *FAST_SWEEP,
+        "hydra/launcher=local",
+        "hydra.sweeper.n_jobs=2",
+        "hydra.sweeper.n_trials=2",
+        f"paths.outputs={tmp_path}",
+    ]
+    res = cli(args, cwd=tmp_path)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    study = _study(tmp_path, "digits-test_resnet")
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    jobs = list(tmp_path.glob("sweeps/*/*/.submitit/*/*_result.pkl"))
+    assert len(jobs) == 2  # one submitit job (own process, own result) per trial
+    _, found = runs(tmp_path)
+    assert sorted(r.data.tags.get("trial") for r in found if "trial" in r.data.tags) == ["0", "1"]
+    assert all(r.info.status == "FINISHED" for r in found)
