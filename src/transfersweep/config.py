@@ -181,7 +181,7 @@ class TrainConfig:
     seed: int = 0
 
 
-def _job_dir(trial_number: int | None, job_num: int) -> str:
+def _job_dir(trial_number: Any, job_num: Any) -> str:
     # Trial numbers are unique across all workers of a study; Hydra's job numbers are per worker.
     return f"trial-{trial_number}" if trial_number is not None else str(job_num)
 
@@ -192,7 +192,7 @@ def register_schemas() -> None:
 
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
     if not OmegaConf.has_resolver("ts.job_dir"):
-        OmegaConf.register_new_resolver("ts.job_dir", _job_dir)
+        OmegaConf.register_resolver("ts.job_dir", _job_dir)
 
 
 def _check(ok: bool, key: str, value: Any, fix: str) -> None:

@@ -330,6 +330,7 @@ def execute(p: Prepared, cfg: DictConfig, mlrun: Any) -> Outcome:
 def run(cfg: DictConfig) -> float:
     """Run one paradigm; returns the target validation accuracy (mean over repeats): the objective."""
     from transfersweep import tracking
+    from transfersweep.engine import memory_guard
     from transfersweep.sweep import trial
 
     name = cfg.tracking.run_name or paradigm(cfg)
@@ -337,13 +338,13 @@ def run(cfg: DictConfig) -> float:
     # In a sweep the child run opens first, so bad-input trials show up FAILED beside the others.
     early = tracking.start(cfg, name, base_tags(cfg)) if in_sweep else nullcontext()
     with early as mlrun:
-        prepared = prepare(cfg)
+        prepared = memory_guard(cfg, "preparing data and model", prepare, cfg)
         with (
             tracking.start(cfg, name, base_tags(cfg))
             if not in_sweep
             else nullcontext(mlrun) as mlrun
         ):
-            out = execute(prepared, cfg, mlrun)
+            out = memory_guard(cfg, "training", execute, prepared, cfg, mlrun)
             repeated = cfg.trainer.repeats > 1
             trial.set_attrs(
                 cfg,

@@ -1,0 +1,44 @@
+"""Failures inside training: out of memory fails the trial with a hint and the sweep goes on."""
+
+from __future__ import annotations
+
+import resource
+import subprocess
+import sys
+
+import optuna
+
+from conftest import runs
+
+LIMIT = 6000 * 2**20  # address space: the sweep itself peaks near 4.5 GB (torch maps a lot)
+
+
+def _limited() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (LIMIT, LIMIT))
+
+
+def test_out_of_memory_fails_the_trial_with_a_hint_and_the_sweep_goes_on(tmp_path):
+    """A real allocation failure (the process's address space is capped): a 192 px batch of 512
+    cannot fit; the 16 px trial runs in the same process and finishes."""
+    res = subprocess.run(
+        [sys.executable, "-m", "transfersweep.train", "-m", "sweep=grid", "backbone=tiny",
+         "data.image_size=192,16", "data.batch_size=512", "trainer.source_epochs=1",
+         "trainer.target_epochs=1", "trainer.device=cpu", "trainer.threads=1",
+         "regime=pretrain_finetune", "freeze=full", f"paths.outputs={tmp_path}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600, preexec_fn=_limited,
+    )  # fmt: skip
+    log = res.stdout + res.stderr
+    assert res.returncode == 0, log[-4000:]
+    study = optuna.load_study(
+        study_name="grid-digits-test_resnet", storage=f"sqlite:///{tmp_path / 'optuna.db'}"
+    )
+    by_size = {t.params["data.image_size"]: t for t in study.trials}
+    oom = by_size[192]
+    assert oom.state == optuna.trial.TrialState.FAIL
+    assert "out of memory while training" in oom.user_attrs["error"]
+    assert "lower data.batch_size (now 512) or data.image_size (now 192)" in oom.user_attrs["error"]
+    assert by_size[16].state == optuna.trial.TrialState.COMPLETE
+    _, found = runs(tmp_path)
+    failed = next(r for r in found if r.data.tags.get("trial") == str(oom.number))
+    assert failed.info.status == "FAILED" and "out of memory" in failed.data.tags["error"]
+    assert "Traceback" not in log
