@@ -16,6 +16,7 @@ import bench_pruning  # noqa: E402
 import bench_reuse  # noqa: E402
 import bench_startup  # noqa: E402
 import bench_tracking  # noqa: E402
+import bench_workers  # noqa: E402
 import torch  # noqa: E402
 
 if __name__ == "__main__":
@@ -34,6 +35,7 @@ if __name__ == "__main__":
         ("reuse", bench_reuse.main),
         ("pruning", bench_pruning.main),
         ("memory", bench_memory.main),
+        ("workers", bench_workers.main),
     ]:
         if not only or name in only:
             fn()

@@ -210,3 +210,23 @@ def test_another_hosts_trial_is_stale_only_after_its_heartbeat_stops(tmp_path):
     assert (
         next(t for t in trials if t.user_attrs.get("retry_of") == dead.number).params == dead.params
     )
+
+
+def test_unreachable_storage_or_tracking_server_fails_fast_with_the_fix(tmp_path):
+    dead = f"127.0.0.1:{free_port()}"  # nothing listens there
+    for args, expect in [
+        ([*WORKER, f"hydra.sweeper.storage=postgresql://u:{PASSWORD}@{dead}/db"],
+         "hydra.sweeper.storage='postgresql://u:***@"),
+        ([*WORKER, f"tracking.uri=http://{dead}"], "is unreachable"),
+        ([*FAST, f"tracking.uri=http://{dead}"], "start the server (`make server`"),
+    ]:  # fmt: skip
+        t0 = time.time()
+        res = subprocess.run(
+            [sys.executable, "-m", "transfersweep.train", *args, f"paths.outputs={tmp_path}"],
+            cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        log = res.stdout + res.stderr
+        assert res.returncode == 2 and expect in log, log[-3000:]
+        assert "Traceback" not in log and PASSWORD not in log
+        assert time.time() - t0 < 60
+    assert not (tmp_path / "optuna.db").exists()  # nothing was created on the way out

@@ -163,11 +163,33 @@ def experiment_id(client: Any, name: str, location: str | None) -> str:
         return exp.experiment_id
 
 
+def check_server(uri: str) -> None:
+    """An http(s) tracking URI must answer within seconds (MLflow's client would retry for
+    minutes before it gave up)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    from transfersweep.errors import ConfigError
+
+    parts = urlsplit(uri)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=5).close()
+    except OSError as e:
+        raise ConfigError(
+            f"tracking.uri={redact(uri)!r} is unreachable ({e}): start the server (`make server`, "
+            "or `python -m transfersweep.server`), fix the URL, or leave tracking.uri unset for "
+            "the local store"
+        ) from None
+
+
 def _open_experiment(cfg: DictConfig) -> tuple[Any, str, str]:
     """Client, experiment id and URI of the configured store (experiment created if needed)."""
     from mlflow.tracking import MlflowClient
 
     uri = tracking_uri(cfg)
+    if uri.startswith(("http://", "https://")):
+        check_server(uri)
     client = MlflowClient(tracking_uri=uri)
     return client, experiment_id(client, cfg.tracking.experiment, artifact_location(cfg)), uri
 

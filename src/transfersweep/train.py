@@ -335,6 +335,8 @@ def run(cfg: DictConfig) -> float:
 
     name = cfg.tracking.run_name or paradigm(cfg)
     in_sweep = cfg.tracking.parent_run_id is not None
+    if cfg.tracking.enabled and str(cfg.tracking.uri or "").startswith("http"):
+        tracking.check_server(str(cfg.tracking.uri))  # before minutes of data and model set-up
     # In a sweep the child run opens first, so bad-input trials show up FAILED beside the others.
     early = tracking.start(cfg, name, base_tags(cfg)) if in_sweep else nullcontext()
     with early as mlrun:

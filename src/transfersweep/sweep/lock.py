@@ -32,7 +32,32 @@ def _key(study_name: str) -> int:
 def _engine(url: str):
     import sqlalchemy
 
-    return sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    args = {"connect_timeout": 10} if url.startswith("postgresql") else {}
+    return sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool, connect_args=args)
+
+
+def check_reachable(storage: str | None) -> None:
+    """Fail in seconds, with the fix, when a database storage cannot be reached (libpq would
+    otherwise wait on the network for minutes, and the error would be a long traceback)."""
+    if not storage or storage.startswith("sqlite"):
+        return
+    from transfersweep.errors import ConfigError
+    from transfersweep.tracking import redact
+
+    try:
+        with _engine(storage).connect():
+            pass
+    except Exception as e:
+        reason = (
+            str(getattr(e, "orig", e)).strip().splitlines()[0]
+            if str(e).strip()
+            else type(e).__name__
+        )
+        raise ConfigError(
+            f"hydra.sweeper.storage={redact(storage)!r} cannot be opened ({redact(reason)[:300]}): check "
+            "the URL, that the database server runs and the database exists, and the password "
+            "(PGPASSWORD or ~/.pgpass for PostgreSQL)"
+        ) from None
 
 
 @contextmanager

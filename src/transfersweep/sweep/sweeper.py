@@ -34,7 +34,8 @@ from omegaconf import OmegaConf
 
 from transfersweep import tracking
 from transfersweep.sweep import summary
-from transfersweep.sweep.lock import study_lock
+from transfersweep.errors import TransferSweepError
+from transfersweep.sweep.lock import check_reachable, study_lock
 from transfersweep.sweep.trial import storage_url
 
 log = logging.getLogger("transfersweep.sweep")
@@ -264,6 +265,17 @@ class TransferSweeperImpl(OptunaSweeperImpl):
             a.split("=", 1)[0]: a.split("=", 1)[1] for a in arguments if "=" in a
         }
         task_cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+        try:
+            check_reachable(storage)
+            if (
+                cfg.tracking.enabled
+                and cfg.tracking.uri
+                and str(cfg.tracking.uri).startswith("http")
+            ):
+                tracking.check_server(str(cfg.tracking.uri))
+        except TransferSweepError as e:
+            log.error("error: %s", e)
+            sys.exit(2)
         with study_lock(storage, study_name):  # the first of many workers creates the stores
             study = optuna.create_study(
                 study_name=study_name,
