@@ -33,8 +33,8 @@ from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_p
 from omegaconf import OmegaConf
 
 from transfersweep import tracking
-from transfersweep.sweep import summary
 from transfersweep.errors import TransferSweepError
+from transfersweep.sweep import summary
 from transfersweep.sweep.lock import check_reachable, study_lock
 from transfersweep.sweep.trial import storage_url
 
