@@ -7,7 +7,6 @@ epoch, so the loop does not synchronise with the GPU on every step.
 
 from __future__ import annotations
 
-import gc
 import logging
 import math
 import time
@@ -21,44 +20,9 @@ from omegaconf import DictConfig
 
 from transfersweep import freezing
 from transfersweep.data import Batches, Preprocess
-from transfersweep.errors import TransferSweepError
+from transfersweep.errors import TrainingError
 
 log = logging.getLogger(__name__)
-
-
-class TrainingError(TransferSweepError):
-    """Training diverged (non-finite loss) or ran out of memory."""
-
-
-_OOM_MARKERS = ("out of memory", "can't allocate memory", "cannot allocate memory")
-
-
-def _is_oom(e: BaseException) -> bool:
-    if isinstance(e, (MemoryError, torch.OutOfMemoryError)):
-        return True
-    return isinstance(e, RuntimeError) and any(m in str(e).lower() for m in _OOM_MARKERS)
-
-
-def memory_guard(cfg: DictConfig, what: str, fn: Callable, *args, **kwargs):
-    """Run fn; out-of-memory (CPU or GPU) becomes a TrainingError with the settings to change.
-
-    The new error is raised after the `except` block, so the failed step's frames (and the
-    tensors they hold) are freed first and the next in-process trial starts with that memory."""
-    try:
-        return fn(*args, **kwargs)
-    except BaseException as e:
-        if not _is_oom(e):
-            raise
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    d, t = cfg.data, cfg.trainer
-    bf16 = ", or trainer.precision=bf16 on a GPU" if t.precision in ("fp32",) else ""
-    raise TrainingError(
-        f"out of memory while {what} ({first}): lower data.batch_size (now {d.batch_size}) "
-        f"or data.image_size (now {d.image_size}){bf16}"
-    )
 
 
 @dataclass

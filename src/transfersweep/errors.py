@@ -15,3 +15,7 @@ class DataError(TransferSweepError):
 
 class WeightsError(TransferSweepError):
     """Weights cannot be fetched or do not fit the backbone."""
+
+
+class TrainingError(TransferSweepError):
+    """Training diverged (non-finite loss) or ran out of memory."""

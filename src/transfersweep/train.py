@@ -330,7 +330,7 @@ def execute(p: Prepared, cfg: DictConfig, mlrun: Any) -> Outcome:
 def run(cfg: DictConfig) -> float:
     """Run one paradigm; returns the target validation accuracy (mean over repeats): the objective."""
     from transfersweep import tracking
-    from transfersweep.engine import memory_guard
+    from transfersweep.memory import memory_guard
     from transfersweep.sweep import trial
 
     name = cfg.tracking.run_name or paradigm(cfg)

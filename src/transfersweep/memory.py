@@ -1,0 +1,49 @@
+"""Out of memory (CPU or GPU) as a trial failure that names the settings to lower.
+
+Kept apart from the engine so the entrypoint can wrap set-up without importing timm early
+(huggingface_hub reads HF_HUB_OFFLINE once, when it is imported).
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Callable
+from typing import Any
+
+from omegaconf import DictConfig
+
+from transfersweep.errors import TrainingError
+
+_OOM_MARKERS = ("out of memory", "can't allocate memory", "cannot allocate memory")
+
+
+def is_oom(e: BaseException) -> bool:
+    import torch
+
+    if isinstance(e, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    return isinstance(e, RuntimeError) and any(m in str(e).lower() for m in _OOM_MARKERS)
+
+
+def memory_guard(cfg: DictConfig, what: str, fn: Callable, *args: Any, **kwargs: Any) -> Any:
+    """Run fn; out-of-memory becomes a TrainingError with the settings to change.
+
+    The new error is raised after the `except` block, so the failed step's frames (and the
+    tensors they hold) are freed first and the next in-process trial gets that memory back."""
+    try:
+        return fn(*args, **kwargs)
+    except BaseException as e:
+        if not is_oom(e):
+            raise
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    d, t = cfg.data, cfg.trainer
+    bf16 = ", or trainer.precision=bf16 on a GPU" if t.precision == "fp32" else ""
+    raise TrainingError(
+        f"out of memory while {what} ({first}): lower data.batch_size (now {d.batch_size}) "
+        f"or data.image_size (now {d.image_size}){bf16}"
+    )
