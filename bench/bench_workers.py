@@ -33,9 +33,19 @@ def _round(workers: int, n: int, out: Path, extra: list[str]) -> tuple[bool, int
     t0 = time.perf_counter()
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "transfersweep.train", *TRIAL, f"hydra.sweeper.n_trials={n}",
-             f"paths.outputs={out}", *extra],
-            cwd=out, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            [
+                sys.executable,
+                "-m",
+                "transfersweep.train",
+                *TRIAL,
+                f"hydra.sweeper.n_trials={n}",
+                f"paths.outputs={out}",
+                *extra,
+            ],
+            cwd=out,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
             env={**os.environ, "HF_HUB_OFFLINE": "1"},
         )  # fmt: skip
         for _ in range(workers)

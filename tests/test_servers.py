@@ -230,3 +230,42 @@ def test_unreachable_storage_or_tracking_server_fails_fast_with_the_fix(tmp_path
         assert "Traceback" not in log and PASSWORD not in log
         assert time.time() - t0 < 60
     assert not (tmp_path / "optuna.db").exists()  # nothing was created on the way out
+
+
+def test_a_running_worker_takes_over_the_trials_of_a_worker_that_dies(tmp_path):
+    """node-b is mid-sweep when node-a (another host) dies: at its next trial node-b finds
+    node-a's trial stale (no heartbeat for stale_after_s), fails it and runs it again itself."""
+    args = [*WORKER, "regime=target_only", "hydra.sweeper.n_trials=4", f"paths.outputs={tmp_path}",
+            "hydra.sweeper.heartbeat_s=1", "hydra.sweeper.stale_after_s=3"]  # fmt: skip
+
+    def start(host: str, epochs: int):
+        return subprocess.Popen(
+            [sys.executable, "-m", "transfersweep.train", *args, f"trainer.target_epochs={epochs}"],
+            cwd=tmp_path, stdout=open(tmp_path / f"{host}.log", "w"), stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", "TRANSFERSWEEP_HOST": host},
+        )  # fmt: skip
+
+    def wait_for(host: str, text: str, proc) -> None:
+        deadline = time.time() + 180
+        while text not in (tmp_path / f"{host}.log").read_text():
+            assert time.time() < deadline and proc.poll() is None, (
+                tmp_path / f"{host}.log"
+            ).read_text()[-3000:]
+            time.sleep(0.2)
+
+    a = start("node-a", 100000)
+    wait_for("node-a", "epoch   2/100000", a)
+    b = start("node-b", 60)  # several seconds a trial: node-a turns stale meanwhile
+    wait_for("node-b", "trial 1/4", b)
+    a.kill()
+    a.wait(timeout=30)
+    assert b.wait(timeout=300) == 0, (tmp_path / "node-b.log").read_text()[-3000:]
+    log = (tmp_path / "node-b.log").read_text()
+    assert "marked 1 stale trial(s)" in log
+    trials = optuna.load_study(
+        study_name="shared", storage=f"sqlite:///{tmp_path / 'optuna.db'}"
+    ).trials
+    assert sorted(t.state.name for t in trials) == ["COMPLETE"] * 4 + ["FAIL"]
+    dead = next(t for t in trials if t.state.name == "FAIL")
+    retry = next(t for t in trials if t.user_attrs.get("retry_of") == dead.number)
+    assert retry.state.name == "COMPLETE" and retry.user_attrs["sweeper"].startswith("node-b:")

@@ -315,6 +315,7 @@ class TransferSweeperImpl(OptunaSweeperImpl):
         try:
             while True:
                 with study_lock(storage, study_name):  # count and take under one lock: exact total
+                    mark_stale(study, parent, self.stale_after_s)  # a worker died meanwhile?
                     batch = min(self.n_jobs, self.n_trials - held(study))
                     trials = [study.ask() for _ in range(max(0, batch))]
                     for t in trials:
