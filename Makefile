@@ -59,7 +59,7 @@ ui: install ## MLflow UI on the default store (outputs/mlflow.db), bound to HOST
 server: install ## MLflow tracking server for many workers: BACKEND=postgresql://user@host/db, HOST=127.0.0.1
 	$(PY) -m transfersweep.server --backend "$(BACKEND)" --artifacts "$(ARTIFACTS)" --host "$(HOST)" --port "$(PORT)"
 
-test: install check-venv ## run the test suite (CPU, about 11 minutes; PostgreSQL tests skip without it)
+test: install check-venv ## run the test suite (CPU, about 13 minutes; PostgreSQL tests skip without it)
 	$(PY) -m pytest -q
 
 bench: install check-venv ## benchmarks: ratios against plain PyTorch, measured in one run (about 10 minutes on CPU)
