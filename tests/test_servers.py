@@ -166,43 +166,52 @@ def test_sqlite_study_with_parallel_workers(tmp_path):
     assert "database is locked" not in log
 
 
+def _node(cwd: Path, host: str, args: list[str]) -> subprocess.Popen:
+    """A sweep worker that calls its machine `host` (TRANSFERSWEEP_HOST), logging to <host>.log."""
+    with open(cwd / f"{host}.log", "w") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "transfersweep.train", *args],
+            cwd=cwd, stdout=out, stderr=subprocess.STDOUT, text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", "TRANSFERSWEEP_HOST": host},
+        )  # fmt: skip
+
+
+def _log(cwd: Path, host: str) -> str:
+    return (cwd / f"{host}.log").read_text()
+
+
+def _wait_for(cwd: Path, host: str, text: str, proc: subprocess.Popen) -> None:
+    deadline = time.time() + 180
+    while text not in _log(cwd, host):
+        assert time.time() < deadline and proc.poll() is None, _log(cwd, host)[-3000:]
+        time.sleep(0.2)
+
+
+def _run_node(cwd: Path, host: str, args: list[str]) -> tuple[int, str]:
+    proc = _node(cwd, host, args)
+    return proc.wait(timeout=300), _log(cwd, host)
+
+
 def test_another_hosts_trial_is_stale_only_after_its_heartbeat_stops(tmp_path):
     """A trial owned by a worker on another host (TRANSFERSWEEP_HOST) is judged by its heartbeat:
     left alone while fresh, failed as stale and re-run once it is older than stale_after_s."""
     args = [*WORKER, "regime=target_only", "hydra.sweeper.n_trials=2", f"paths.outputs={tmp_path}"]
-    node_a_log = open(tmp_path / "node-a.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "transfersweep.train", *args, "trainer.target_epochs=100000",
-         "hydra.sweeper.heartbeat_s=1"],
-        cwd=tmp_path, stdout=node_a_log, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", "TRANSFERSWEEP_HOST": "node-a"},
-    )  # fmt: skip
+    a = _node(
+        tmp_path, "node-a", [*args, "trainer.target_epochs=100000", "hydra.sweeper.heartbeat_s=1"]
+    )
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    deadline = time.time() + 180
-    while (
-        "[target] epoch   5/100000" not in (tmp_path / "node-a.log").read_text()
-    ):  # beaten a few times
-        assert time.time() < deadline and proc.poll() is None, (tmp_path / "node-a.log").read_text()
-        time.sleep(1)
-    fresh = subprocess.run(
-        [sys.executable, "-m", "transfersweep.train", *args, "hydra.sweeper.stale_after_s=60"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
-        env={**os.environ, "TRANSFERSWEEP_HOST": "node-b"},
-    )  # fmt: skip
-    assert fresh.returncode == 0, fresh.stdout[-3000:]
-    assert "stale" not in fresh.stdout  # node-a's beating trial is left alone and counted
+    _wait_for(tmp_path, "node-a", "[target] epoch   5/100000", a)  # beaten a few times
+    code, log = _run_node(tmp_path, "node-b", [*args, "hydra.sweeper.stale_after_s=60"])
+    assert code == 0, log[-3000:]
+    assert "stale" not in log  # node-a's beating trial is left alone and counted
     states = [t.state.name for t in optuna.load_study(study_name="shared", storage=storage).trials]
     assert sorted(states) == ["COMPLETE", "RUNNING"]
-    proc.kill()  # node-a dies without a word; its heartbeat stops
-    proc.wait(timeout=30)
+    a.kill()  # node-a dies without a word; its heartbeat stops
+    a.wait(timeout=30)
     time.sleep(3)
-    late = subprocess.run(
-        [sys.executable, "-m", "transfersweep.train", *args, "hydra.sweeper.stale_after_s=2"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
-        env={**os.environ, "TRANSFERSWEEP_HOST": "node-b"},
-    )  # fmt: skip
-    assert late.returncode == 0, late.stdout[-3000:]
-    assert "marked 1 stale trial(s)" in late.stdout
+    code, log = _run_node(tmp_path, "node-b", [*args, "hydra.sweeper.stale_after_s=2"])
+    assert code == 0, log[-3000:]
+    assert "marked 1 stale trial(s)" in log
     trials = optuna.load_study(study_name="shared", storage=storage).trials
     assert sorted(t.state.name for t in trials) == ["COMPLETE", "COMPLETE", "FAIL"]
     dead = next(t for t in trials if t.state.name == "FAIL")
@@ -238,29 +247,15 @@ def test_a_running_worker_takes_over_the_trials_of_a_worker_that_dies(tmp_path):
     args = [*WORKER, "regime=target_only", "hydra.sweeper.n_trials=4", f"paths.outputs={tmp_path}",
             "hydra.sweeper.heartbeat_s=1", "hydra.sweeper.stale_after_s=3"]  # fmt: skip
 
-    def start(host: str, epochs: int):
-        return subprocess.Popen(
-            [sys.executable, "-m", "transfersweep.train", *args, f"trainer.target_epochs={epochs}"],
-            cwd=tmp_path, stdout=open(tmp_path / f"{host}.log", "w"), stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", "TRANSFERSWEEP_HOST": host},
-        )  # fmt: skip
-
-    def wait_for(host: str, text: str, proc) -> None:
-        deadline = time.time() + 180
-        while text not in (tmp_path / f"{host}.log").read_text():
-            assert time.time() < deadline and proc.poll() is None, (
-                tmp_path / f"{host}.log"
-            ).read_text()[-3000:]
-            time.sleep(0.2)
-
-    a = start("node-a", 100000)
-    wait_for("node-a", "epoch   2/100000", a)
-    b = start("node-b", 60)  # several seconds a trial: node-a turns stale meanwhile
-    wait_for("node-b", "trial 1/4", b)
+    a = _node(tmp_path, "node-a", [*args, "trainer.target_epochs=100000"])
+    _wait_for(tmp_path, "node-a", "epoch   2/100000", a)
+    # node-b's trials take several seconds each: node-a turns stale while node-b still runs
+    b = _node(tmp_path, "node-b", [*args, "trainer.target_epochs=60"])
+    _wait_for(tmp_path, "node-b", "trial 1/4", b)
     a.kill()
     a.wait(timeout=30)
-    assert b.wait(timeout=300) == 0, (tmp_path / "node-b.log").read_text()[-3000:]
-    log = (tmp_path / "node-b.log").read_text()
+    assert b.wait(timeout=300) == 0, _log(tmp_path, "node-b")[-3000:]
+    log = _log(tmp_path, "node-b")
     assert "marked 1 stale trial(s)" in log
     trials = optuna.load_study(
         study_name="shared", storage=f"sqlite:///{tmp_path / 'optuna.db'}"

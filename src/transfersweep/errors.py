@@ -1,6 +1,12 @@
 """User-facing errors: raised before or during a run, printed without a traceback."""
 
 
+def first_line(e: BaseException, default: str = "") -> str:
+    """The first line of an exception's message (or `default` when it has none)."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else default
+
+
 class TransferSweepError(Exception):
     """Base class: something the user can fix (config, data, weights)."""
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from transfersweep.errors import TrainingError
+from transfersweep.errors import TrainingError, first_line
 
 _OOM_MARKERS = ("out of memory", "can't allocate memory", "cannot allocate memory")
 
@@ -35,7 +35,7 @@ def memory_guard(cfg: DictConfig, what: str, fn: Callable, *args: Any, **kwargs:
     except BaseException as e:
         if not is_oom(e):
             raise
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        first = first_line(e, type(e).__name__)[:200]
     import torch
 
     gc.collect()

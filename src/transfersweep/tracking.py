@@ -163,14 +163,17 @@ def experiment_id(client: Any, name: str, location: str | None) -> str:
         return exp.experiment_id
 
 
-def check_server(uri: str) -> None:
-    """An http(s) tracking URI must answer within seconds (MLflow's client would retry for
-    minutes before it gave up)."""
+def check_server(cfg: DictConfig) -> None:
+    """An http(s) tracking.uri must answer within seconds (MLflow's client would retry for
+    minutes before it gave up). Called before any set-up work or run is opened."""
     import socket
     from urllib.parse import urlsplit
 
     from transfersweep.errors import ConfigError
 
+    uri = str(cfg.tracking.uri or "")
+    if not cfg.tracking.enabled or not uri.startswith(("http://", "https://")):
+        return
     parts = urlsplit(uri)
     port = parts.port or (443 if parts.scheme == "https" else 80)
     try:
@@ -188,8 +191,6 @@ def _open_experiment(cfg: DictConfig) -> tuple[Any, str, str]:
     from mlflow.tracking import MlflowClient
 
     uri = tracking_uri(cfg)
-    if uri.startswith(("http://", "https://")):
-        check_server(uri)
     client = MlflowClient(tracking_uri=uri)
     return client, experiment_id(client, cfg.tracking.experiment, artifact_location(cfg)), uri
 

@@ -335,8 +335,7 @@ def run(cfg: DictConfig) -> float:
 
     name = cfg.tracking.run_name or paradigm(cfg)
     in_sweep = cfg.tracking.parent_run_id is not None
-    if cfg.tracking.enabled and str(cfg.tracking.uri or "").startswith("http"):
-        tracking.check_server(str(cfg.tracking.uri))  # before minutes of data and model set-up
+    tracking.check_server(cfg)  # before minutes of data and model set-up
     # In a sweep the child run opens first, so bad-input trials show up FAILED beside the others.
     early = tracking.start(cfg, name, base_tags(cfg)) if in_sweep else nullcontext()
     with early as mlrun:
@@ -384,8 +383,9 @@ def _redact_hydra_record() -> None:
         return
     for f in (Path(hc.runtime.output_dir) / hc.output_subdir).glob("*.yaml"):
         text = f.read_text()
-        if redact(text) != text:
-            f.write_text(redact(text))
+        masked = redact(text)
+        if masked != text:
+            f.write_text(masked)
 
 
 @hydra.main(config_path="../../conf", config_name="train")

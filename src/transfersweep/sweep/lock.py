@@ -41,18 +41,14 @@ def check_reachable(storage: str | None) -> None:
     otherwise wait on the network for minutes, and the error would be a long traceback)."""
     if not storage or storage.startswith("sqlite"):
         return
-    from transfersweep.errors import ConfigError
+    from transfersweep.errors import ConfigError, first_line
     from transfersweep.tracking import redact
 
     try:
         with _engine(storage).connect():
             pass
     except Exception as e:
-        reason = (
-            str(getattr(e, "orig", e)).strip().splitlines()[0]
-            if str(e).strip()
-            else type(e).__name__
-        )
+        reason = first_line(getattr(e, "orig", None) or e, type(e).__name__)
         raise ConfigError(
             f"hydra.sweeper.storage={redact(storage)!r} cannot be opened ({redact(reason)[:300]}): check "
             "the URL, that the database server runs and the database exists, and the password "

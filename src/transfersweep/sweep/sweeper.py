@@ -33,7 +33,7 @@ from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_p
 from omegaconf import OmegaConf
 
 from transfersweep import tracking
-from transfersweep.errors import TransferSweepError
+from transfersweep.errors import TransferSweepError, first_line
 from transfersweep.sweep import summary
 from transfersweep.sweep.lock import check_reachable, study_lock
 from transfersweep.sweep.trial import storage_url
@@ -66,10 +66,7 @@ def _outcome(ret: JobReturn) -> tuple[float | None, str | None]:
         e = ret._return_value
         if isinstance(e, optuna.TrialPruned):
             return None, f"PRUNED {e}"
-        return (
-            None,
-            f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:500],
-        )
+        return None, f"{type(e).__name__}: {first_line(e)}"[:500]
     try:
         value = float(ret.return_value)
     except (TypeError, ValueError):
@@ -267,12 +264,7 @@ class TransferSweeperImpl(OptunaSweeperImpl):
         task_cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
         try:
             check_reachable(storage)
-            if (
-                cfg.tracking.enabled
-                and cfg.tracking.uri
-                and str(cfg.tracking.uri).startswith("http")
-            ):
-                tracking.check_server(str(cfg.tracking.uri))
+            tracking.check_server(cfg)
         except TransferSweepError as e:
             log.error("error: %s", e)
             sys.exit(2)
