@@ -11,21 +11,23 @@ import time
 import torch
 from common import compose, report
 
-from transfersweep import train
+from transfersweep import inputs, train
 from transfersweep.data import Batches
+from transfersweep.paradigm import Paradigm
 
 
 def trial_seconds(overrides: list[str]):
     """Seconds of the trial's training and evaluation (data loading and model creation excluded)."""
+    from transfersweep.sweep.trial import TrialLink
     from transfersweep.tracking import NoRun
 
     cfg = compose(overrides)
-    p = train.prepare(cfg)
-    return train.execute(p, cfg, NoRun()).seconds, p
+    ready = inputs.load(cfg)
+    return train.train(ready, cfg, Paradigm.from_cfg(cfg), TrialLink(), NoRun()).seconds, ready
 
 
 def floor_seconds(p, cfg) -> float:
-    model, rt, prep = p.model, p.rt, p.prep
+    model, rt, prep = p.model, p.runtime, p.preprocess
     model.eval()
     t0 = time.perf_counter()
     with torch.no_grad():

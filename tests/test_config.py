@@ -60,8 +60,31 @@ def test_wrong_type_is_rejected():
 
 
 def test_unknown_freeze_strategy_value_is_rejected():
-    with pytest.raises((ConfigCompositionException, ValidationError), match="strategy"):
-        compose(["freeze.strategy=half"])
+    with pytest.raises(ConfigError, match=r"freeze\.strategy='half' is not a registered strategy"):
+        validate(compose(["freeze.strategy=half"]))
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (
+            ["freeze=full", "freeze.n_blocks=2"],
+            r"freeze\.n_blocks=2 is not a key of strategy 'full' \(its keys: none\)",
+        ),
+        (  # a typo
+            ["freeze=last_blocks", "freeze.nblocks=2"],
+            r"freeze\.nblocks=2 is not a key of strategy 'last_blocks' \(its keys: freeze\.n_blocks\)",
+        ),
+        (
+            ["freeze=last_blocks", "freeze.n_blocks=two"],
+            r"freeze\.n_blocks='two' is invalid for strategy 'last_blocks'",
+        ),
+        (["freeze.module=no_such_module"], r"freeze\.module='no_such_module' cannot be imported"),
+    ],
+)
+def test_a_strategy_checks_its_own_keys(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        validate(compose(overrides))
 
 
 @pytest.mark.parametrize(
@@ -71,12 +94,12 @@ def test_unknown_freeze_strategy_value_is_rejected():
         ("data.val_fraction=1.5", "data.val_fraction"),
         ("trainer.source_epochs=0", "trainer.source_epochs"),
         ("data.target.k_shot=0", "data.target.k_shot"),
-        ("freeze.n_blocks=0", "freeze.n_blocks"),
+        ("freeze=last_blocks,freeze.n_blocks=0", "freeze.n_blocks"),
         ("trainer.precision=fp64", "trainer.precision"),
     ],
 )
 def test_validate_names_the_bad_key(override, key):
-    cfg = compose([override])
+    cfg = compose(override.split(","))
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         validate(cfg)
 

@@ -8,7 +8,7 @@ import torch
 
 from conftest import FAST, compose
 from transfersweep import data as data_mod
-from transfersweep import engine, freezing
+from transfersweep import engine, freezing, strategies
 from transfersweep.backbone import classifier_prefixes
 from transfersweep.config import StageData
 from transfersweep.errors import ConfigError
@@ -21,7 +21,8 @@ def _train(kind: str, strategy: str, n_blocks: int = 1):
     torch.manual_seed(0)
     model = timm.create_model(cfg.backbone.name, num_classes=5, **cfg.backbone.kwargs)
     data = data_mod.build(cfg, need_source=False)
-    plan = freezing.apply(model, strategy, n_blocks, cfg.backbone.name)
+    params = {"n_blocks": n_blocks} if strategy == "last_blocks" else {}
+    plan = freezing.apply(model, strategies.create(strategy, **params), cfg.backbone.name)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     rt = engine.Runtime.from_cfg(cfg.trainer)
     prep = data_mod.Preprocess(model.pretrained_cfg["mean"], model.pretrained_cfg["std"])
@@ -107,4 +108,4 @@ def test_blocks_come_from_timm_grouping(name, expected):
 def test_n_blocks_out_of_range_is_a_config_error():
     model = timm.create_model("test_resnet", num_classes=3)
     with pytest.raises(ConfigError, match=r"freeze\.n_blocks=9 .* has 5 blocks .* 1\.\.5"):
-        freezing.apply(model, "last_blocks", 9, "test_resnet")
+        freezing.apply(model, strategies.create("last_blocks", n_blocks=9), "test_resnet")

@@ -49,6 +49,10 @@ def values(draw):
     if draw(st.booleans()):
         broken = draw(st.sampled_from(sorted(INVALID)))
         v[broken] = draw(INVALID[broken])
+        if broken.startswith("freeze."):
+            v["freeze"] = "last_blocks"  # the strategy that has the key
+    if v["freeze"] != "last_blocks":
+        del v["freeze.n_blocks"]  # a strategy's own key exists only with that strategy
     return v
 
 

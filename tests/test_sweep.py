@@ -56,8 +56,11 @@ def test_study_holds_the_trials_with_paradigm_params(sweep):
             t.params["freeze"] == "last_blocks"
         )  # conditional
         assert 3e-4 <= t.params["optimizer.lr"] <= 3e-3
-        assert t.user_attrs["run_id"] and t.user_attrs["paradigm"].startswith(
-            t.params["regime"] + "+"
+        paradigm = t.user_attrs["paradigm"]  # the job's Paradigm value, as a dict
+        assert t.user_attrs["run_id"] and paradigm["regime"] == t.params["regime"]
+        assert paradigm["strategy"] == t.params["freeze"]
+        assert paradigm["params"] == (
+            {"n_blocks": t.params["freeze.n_blocks"]} if t.params["freeze"] == "last_blocks" else {}
         )
         assert t.value == pytest.approx(t.user_attrs["val_acc"])
         assert t.user_attrs["repeats"] == 2 and t.user_attrs["val_std"] is not None
@@ -81,7 +84,7 @@ def test_mlflow_parent_with_nested_tagged_children_and_summary(sweep):
         assert c.info.run_id == t.user_attrs["run_id"]
         assert (
             c.data.tags["regime"] == t.params["regime"]
-            and c.data.tags["freeze_strategy"] == t.params["freeze"]
+            and c.data.tags["freeze"] == t.params["freeze"]
         )
         assert c.data.tags["backbone"] == "test_resnet" and c.data.params["trial.number"] == str(
             t.number
@@ -234,9 +237,7 @@ def test_parallel_trials_with_the_joblib_launcher(tmp_path):
     parent = next(r for r in found if r.data.tags.get("transfersweep.role") == "sweep")
     children = _children(found, parent.info.run_id)
     assert sorted(int(c.data.tags["trial"]) for c in children) == [0, 1, 2, 3]
-    assert {c.data.params["trainer.threads"] for c in children} == {
-        str(max(1, (os.cpu_count() or 1) // 2))
-    }
+    assert {c.data.tags["threads"] for c in children} == {str(max(1, (os.cpu_count() or 1) // 2))}
 
 
 def test_submitit_local_launcher_runs_each_trial_as_its_own_job(tmp_path):

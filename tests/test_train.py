@@ -45,7 +45,7 @@ def test_every_regime_and_freeze_runs_end_to_end(grid):
     client, found = runs(out)
     assert len(found) == 12
     assert all(r.info.status == "FINISHED" for r in found)
-    cells = {(r.data.tags["regime"], r.data.tags["freeze_strategy"]) for r in found}
+    cells = {(r.data.tags["regime"], r.data.tags["freeze"]) for r in found}
     assert cells == {(g, f) for g in REGIMES for f in FREEZES}
 
 
@@ -55,10 +55,11 @@ def test_runs_carry_params_tags_stage_metrics_and_checkpoint(grid):
     for r in found:
         tags, params, metrics = r.data.tags, r.data.params, r.data.metrics
         regime = tags["regime"]
-        assert r.info.run_name == tags["paradigm"] == f"{regime}+{tags['freeze']}"
+        variant = tags["freeze"] + ("1" if tags["freeze"] == "last_blocks" else "")  # n_blocks=1
+        assert r.info.run_name == tags["paradigm"] == f"{regime}+{variant}"
         assert tags["backbone"] == "test_resnet" and tags["data"] == "digits"
         assert params["backbone.name"] == "test_resnet" and params["regime.name"] == regime
-        assert params["freeze.strategy"] == tags["freeze_strategy"]
+        assert params["freeze.strategy"] == tags["freeze"]
         assert 0.0 <= metrics["val_acc"] <= 1.0 and 0.0 <= metrics["test_acc"] <= 1.0
         for prefix in STAGE_PREFIXES[regime]:
             if prefix == "pretrain" and "pretrain/reused_from" in tags:
@@ -68,7 +69,7 @@ def test_runs_carry_params_tags_stage_metrics_and_checkpoint(grid):
             expected = 1 if prefix == "pretrain" else 2  # FAST: 1 source epoch, 2 target epochs
             assert sorted(m.step for m in history) == list(range(1, expected + 1))
         last = STAGE_PREFIXES[regime][-1]
-        if tags["freeze_strategy"] == "full":
+        if tags["freeze"] == "full":
             assert metrics[f"{last}/params_trainable"] == metrics[f"{last}/params_total"]
         else:
             assert metrics[f"{last}/params_trainable"] < metrics[f"{last}/params_total"]

@@ -21,12 +21,6 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from transfersweep.errors import ConfigError
 
 
-class FreezeStrategy(str, Enum):
-    last_layer = "last_layer"
-    last_blocks = "last_blocks"
-    full = "full"
-
-
 class StageData(str, Enum):
     source = "source"
     target = "target"
@@ -83,12 +77,6 @@ class RegimeConfig:
 
 
 @dataclass
-class FreezeConfig:
-    strategy: FreezeStrategy = FreezeStrategy.full
-    n_blocks: int = 1  # last_blocks only: how many of timm's coarse blocks train (plus the head)
-
-
-@dataclass
 class OptimizerConfig:
     name: str = "adamw"  # any timm.optim.create_optimizer_v2 name
     lr: float = 1e-3  # stages that see target data (what sweeps tune)
@@ -133,12 +121,11 @@ class TrackingConfig:
 
 @dataclass
 class TrialConfig:
-    """Which Optuna trial this job is: set by the transfersweep sweeper; null in single runs."""
+    """Which Optuna trial this job is: set by the transfersweep sweeper; null in single runs.
+    The study's name and storage are read from hydra.sweeper (transfersweep.sweep.trial)."""
 
     number: int | None = None  # Optuna trial number (what users see)
     id: int | None = None  # the trial's id in the storage
-    study: str | None = None  # filled from hydra.sweeper in sweep jobs
-    storage: str | None = None
 
 
 @dataclass
@@ -154,10 +141,12 @@ class PrunerConfig:
 
 @dataclass
 class SearchConfig:
-    """Ranges the conditional search space (transfersweep.sweep.search_space) samples from."""
+    """What a sweep samples beyond hydra.sweeper.params."""
 
-    n_blocks_low: int = 1  # freeze.n_blocks, sampled only when freeze=last_blocks
-    n_blocks_high: int = 3
+    # Sweep ranges of a strategy's own keys, sampled only in trials of that strategy; each
+    # strategy declares defaults (e.g. last_blocks: n_blocks 1..3). Override as
+    # search.freeze.<strategy>.<key>=[low,high] (or a list of choices for a Choice key).
+    freeze: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -170,7 +159,14 @@ class TrainConfig:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     data: DataConfig = field(default_factory=DataConfig)
     regime: RegimeConfig = field(default_factory=RegimeConfig)
-    freeze: FreezeConfig = field(default_factory=FreezeConfig)
+    # `strategy` (a registered name), optionally `module` (imported first, for your own
+    # strategies), then the strategy's own keys, typed and checked by its Params in validate()
+    # (transfersweep.strategies). Open to any key at composition, so a sweep over strategies
+    # can fix `freeze.n_blocks=2` (it reaches only the trials of strategies that have it); in a
+    # run, a key the chosen strategy lacks is a ConfigError naming the strategy's keys.
+    freeze: Any = field(
+        default_factory=lambda: DictConfig({"strategy": "full"}, flags={"struct": False})
+    )
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
@@ -268,9 +264,6 @@ def validate(cfg: DictConfig) -> None:
         cfg.pruner.name,
         "choose median, percentile, threshold, hyperband or none",
     )
-    _check(
-        cfg.freeze.n_blocks >= 1,
-        "freeze.n_blocks",
-        cfg.freeze.n_blocks,
-        "train at least 1 block, or use freeze=last_layer",
-    )
+    from transfersweep import strategies
+
+    strategies.from_config(cfg.freeze)  # a registered strategy, and its own keys and types

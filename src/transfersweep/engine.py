@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
@@ -27,14 +28,16 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Runtime:
-    """Where and how tensors run: device, autocast dtype, memory format."""
+    """Where and how tensors run: device, autocast dtype, memory format, CPU threads."""
 
     device: torch.device
     amp_dtype: torch.dtype | None
     channels_last: bool
+    threads: int | None = None  # torch intra-op threads; None = torch's default
 
     @classmethod
-    def from_cfg(cls, t: DictConfig) -> Runtime:
+    def from_cfg(cls, t: DictConfig, parallel_jobs: int = 1) -> Runtime:
+        """Decide (without applying anything); `parallel_jobs` trials share this machine's cores."""
         if t.device == "auto":
             name = (
                 "cuda"
@@ -58,7 +61,10 @@ class Runtime:
                 "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
             )
         amp = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-        return cls(device, amp, bool(t.channels_last))
+        threads = t.threads
+        if threads is None and parallel_jobs > 1:  # share the cores, don't oversubscribe them
+            threads = max(1, (os.cpu_count() or 1) // parallel_jobs)
+        return cls(device, amp, bool(t.channels_last), threads)
 
     def autocast(self):
         if self.amp_dtype is None:
@@ -90,7 +96,6 @@ class FitResult:
     best_epoch: int = 0
     best_state: dict[str, torch.Tensor] | None = None
     history: list[EpochStats] = field(default_factory=list)
-    train_seconds: float = 0.0
 
 
 @torch.no_grad()
@@ -99,9 +104,9 @@ def evaluate(
     batches: Batches,
     prep: Preprocess,
     rt: Runtime,
-    n_classes: int | None = None,
+    eval_classes: int | None = None,
 ) -> tuple[float, float]:
-    """Mean loss and accuracy; with `n_classes`, only the first n logits count (target head of a joint model)."""
+    """Mean loss and accuracy; with `eval_classes`, only the first that many logits count (target head of a joint model)."""
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), device=rt.device)
@@ -112,8 +117,8 @@ def evaluate(
         with rt.autocast():
             logits = model(prep(x))
         logits = logits.float()
-        if n_classes is not None:
-            logits = logits[:, :n_classes]
+        if eval_classes is not None:
+            logits = logits[:, :eval_classes]
         loss_sum += F.cross_entropy(logits, y, reduction="sum")
         correct += (logits.argmax(1) == y).sum()
         n += len(y)
@@ -121,11 +126,32 @@ def evaluate(
     return (loss_sum.item() / max(n, 1), correct.item() / max(n, 1))
 
 
-def make_optimizer(model: torch.nn.Module, o: DictConfig, lr: float, steps: int, warmup_steps: int):
-    from timm.optim import create_optimizer_v2
+def make_optimizer(
+    model: torch.nn.Module,
+    o: DictConfig,
+    lr: float,
+    steps: int,
+    warmup_steps: int,
+    lr_scales: Mapping[str, float] | None = None,
+):
+    """timm optimizer over the trainable parameters (no weight decay on biases and norms) and
+    a per-step warm-up + cosine schedule. With `lr_scales` (parameter name -> multiplier), each
+    parameter group starts at lr x its scale; the schedule multiplies every group alike."""
+    from timm.optim import create_optimizer_v2, param_groups_weight_decay
 
     kwargs = {"momentum": o.momentum} if "sgd" in o.name or "momentum" in o.name else {}
-    opt = create_optimizer_v2(model, opt=o.name, lr=lr, weight_decay=o.weight_decay, **kwargs)
+    target: torch.nn.Module | list[dict] = model
+    if lr_scales and any(s != 1.0 for s in lr_scales.values()):
+        name_of = {id(p): n for n, p in model.named_parameters()}
+        skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else ()  # as timm
+        target = []
+        for group in param_groups_weight_decay(model, o.weight_decay, no_weight_decay_list=skip):
+            by_scale: dict[float, list[torch.nn.Parameter]] = {}
+            for p in group["params"]:
+                by_scale.setdefault(float(lr_scales.get(name_of[id(p)], 1.0)), []).append(p)
+            for scale, params in sorted(by_scale.items(), reverse=True):
+                target.append({**group, "params": params, "lr": lr * scale, "lr_scale": scale})
+    opt = create_optimizer_v2(target, opt=o.name, lr=lr, weight_decay=o.weight_decay, **kwargs)
 
     def factor(step: int) -> float:
         if step < warmup_steps:
@@ -146,27 +172,32 @@ def fit(
     rt: Runtime,
     cfg: DictConfig,
     epochs: int,
-    n_eval_classes: int | None = None,
-    on_epoch: Callable[[EpochStats], None] | None = None,
     lr: float | None = None,
+    eval_classes: int | None = None,
+    on_epoch: Callable[[EpochStats], None] | None = None,
+    first_epoch: int = 1,
+    lr_scales: Mapping[str, float] | None = None,
 ) -> FitResult:
-    """Train `model`'s trainable parameters for `epochs` at `lr` (default optimizer.lr);
-    the returned best_state has the best val accuracy."""
+    """Train `model`'s trainable parameters for `epochs` at `lr` (default optimizer.lr), with
+    the optimizer settings of cfg.optimizer; the returned best_state has the best val
+    accuracy. Epochs are numbered from `first_epoch` (a stage's later phases go on counting);
+    with `eval_classes`, only the first that many logits count at evaluation."""
     lr = cfg.optimizer.lr if lr is None else lr
     steps = epochs * len(train)
     opt, sched = make_optimizer(
-        model, cfg.optimizer, lr, steps, cfg.optimizer.warmup_epochs * len(train)
+        model, cfg.optimizer, lr, steps, cfg.optimizer.warmup_epochs * len(train), lr_scales
     )
     scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.amp_dtype == torch.float16)
     frozen = freezing.frozen_modules(model)
     result = FitResult()
-    for epoch in range(1, epochs + 1):
+    for epoch in range(first_epoch, first_epoch + epochs):
         t0 = time.perf_counter()
         freezing.train_mode(model, frozen)
         loss_sum = torch.zeros((), device=rt.device)
         correct = torch.zeros((), device=rt.device, dtype=torch.long)
         seen = 0
-        lr = opt.param_groups[0]["lr"]
+        group = opt.param_groups[0]
+        lr = group["lr"] / group.get("lr_scale", 1.0)  # the stage's rate at this step
         for x, y in train:
             x, y = rt.to_device(x), y.to(rt.device, non_blocking=True)
             with rt.autocast():
@@ -187,8 +218,7 @@ def fit(
                 f"non-finite loss at epoch {epoch}: lower the learning rate (now {lr}){hint}"
             )
         train_seconds = time.perf_counter() - t0
-        result.train_seconds += train_seconds
-        val_loss, val_acc = evaluate(model, val, prep, rt, n_eval_classes)
+        val_loss, val_acc = evaluate(model, val, prep, rt, eval_classes)
         stats = EpochStats(
             epoch=epoch,
             train_loss=train_loss,

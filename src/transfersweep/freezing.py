@@ -1,10 +1,11 @@
-"""Freeze strategies, generic over timm models through timm's own block grouping.
+"""Freezing, generic over timm models through timm's own block grouping.
 
 Blocks are timm's coarse parameter groups (`model.group_matcher(coarse=True)`):
 resnet18 has stem, layer1..4; a ViT has its embedding and each transformer
 block. The classifier (`model.get_classifier()`) is never part of a block; any
 other parameters timm groups with the head (a final norm, MobileNetV3's
-conv_head) belong to the last block.
+conv_head) belong to the last block. What trains is decided by the strategy
+(transfersweep.strategies); this module only carries it out.
 
 Frozen means exact: frozen parameters get `requires_grad=False` and stay out of
 the optimizer, and every module whose parameters are all frozen is kept in
@@ -14,14 +15,14 @@ dropout in the frozen part do not move either.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
 from timm.models import group_parameters
 
 from transfersweep.backbone import classifier_prefixes
-from transfersweep.config import FreezeStrategy
-from transfersweep.errors import ConfigError
+from transfersweep.strategies import Layout, Strategy
 
 
 def blocks(model: torch.nn.Module) -> list[list[str]]:
@@ -34,44 +35,40 @@ def blocks(model: torch.nn.Module) -> list[list[str]]:
     return [b for b in out if b]
 
 
+def layout(model: torch.nn.Module, model_name: str = "") -> Layout:
+    heads = classifier_prefixes(model)
+    head = [n for n, _ in model.named_parameters() if n.startswith(heads)]
+    return Layout(model, blocks(model), head, model_name or type(model).__name__)
+
+
 @dataclass
 class FreezePlan:
-    strategy: FreezeStrategy
-    n_blocks: int  # blocks that train (classifier excluded)
+    """What one phase trains, counted."""
+
+    n_blocks: int  # blocks with at least one trainable parameter (classifier excluded)
     total_blocks: int
     trainable: int  # parameter elements
     total: int
 
 
-def apply(
-    model: torch.nn.Module, strategy: FreezeStrategy | str, n_blocks: int, model_name: str
-) -> FreezePlan:
-    """Set requires_grad for `strategy`; the classifier always trains."""
-    strategy = FreezeStrategy(strategy)
-    bl = blocks(model)
-    if strategy == FreezeStrategy.full:
-        train_blocks = len(bl)
-    elif strategy == FreezeStrategy.last_layer:
-        train_blocks = 0
-    else:
-        if not 1 <= n_blocks <= len(bl):
-            raise ConfigError(
-                f"freeze.n_blocks={n_blocks} is out of range for {model_name}, which has "
-                f"{len(bl)} blocks besides its classifier (timm coarse groups). Choose "
-                f"1..{len(bl)}, or freeze=full / freeze=last_layer."
-            )
-        train_blocks = n_blocks
-    trainable_names = {n for b in bl[len(bl) - train_blocks :] for n in b}
-    heads = classifier_prefixes(model)
+def set_trainable(model_layout: Layout, names: Iterable[str]) -> FreezePlan:
+    """requires_grad=True for `names`, False for every other parameter."""
+    model, names = model_layout.model, set(names)
     for name, p in model.named_parameters():
-        p.requires_grad_(name.startswith(heads) or name in trainable_names)
+        p.requires_grad_(name in names)
     return FreezePlan(
-        strategy=strategy,
-        n_blocks=train_blocks,
-        total_blocks=len(bl),
+        n_blocks=sum(bool(names.intersection(b)) for b in model_layout.blocks),
+        total_blocks=len(model_layout.blocks),
         trainable=sum(p.numel() for p in model.parameters() if p.requires_grad),
         total=sum(p.numel() for p in model.parameters()),
     )
+
+
+def apply(model: torch.nn.Module, strategy: Strategy, model_name: str = "") -> FreezePlan:
+    """Freeze `model` as the strategy's first phase says (ConfigError when it cannot apply)."""
+    model_layout = layout(model, model_name)
+    first = strategy.phases(model_layout, 1)[0]
+    return set_trainable(model_layout, first.trains)
 
 
 def frozen_modules(model: torch.nn.Module) -> list[torch.nn.Module]:

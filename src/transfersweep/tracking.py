@@ -33,6 +33,22 @@ def redact(text: str) -> str:
     return _URL_PASSWORD.sub(r"\1***@", text)
 
 
+def redact_hydra_record() -> None:
+    """Hydra saved this job's config and command line under .hydra/ before the job started; a
+    password typed into a storage or tracking URL is masked there too (prefer PGPASSWORD /
+    ~/.pgpass)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    hc = HydraConfig.get()
+    if hc.output_subdir is None:
+        return
+    for f in (Path(hc.runtime.output_dir) / hc.output_subdir).glob("*.yaml"):
+        text = f.read_text()
+        masked = redact(text)
+        if masked != text:
+            f.write_text(masked)
+
+
 def outputs_dir(cfg: DictConfig) -> Path:
     return Path(cfg.paths.outputs).expanduser().resolve()
 
@@ -86,20 +102,13 @@ class Run:
 
         self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()])
 
-    def log_metrics(
-        self, metrics: Mapping[str, float], step: int | None = None, buffer: bool = True
-    ) -> None:
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         """Buffered: written in one batch every FLUSH_SECONDS and when the run ends (each store
-        write costs ~10-15 ms on SQLite, as much as an epoch of a small model); buffer=False
-        writes at once."""
+        write costs ~10-15 ms on SQLite, as much as an epoch of a small model)."""
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
-        batch = [Metric(k, float(v), ts, step or 0) for k, v in metrics.items()]
-        if not buffer:
-            self.client.log_batch(self.run_id, metrics=batch)
-            return
-        self._buffer += batch
+        self._buffer += [Metric(k, float(v), ts, step or 0) for k, v in metrics.items()]
         if time.monotonic() - self._flushed >= self.FLUSH_SECONDS:
             self.flush()
 
@@ -140,9 +149,7 @@ class NoRun(Run):
         super().__init__(None, "-", "-", "-")
 
     def log_params(self, params: Mapping[str, Any]) -> None: ...
-    def log_metrics(
-        self, metrics: Mapping[str, float], step: int | None = None, buffer: bool = True
-    ) -> None: ...
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None: ...
     def flush(self) -> None: ...
     def set_tags(self, tags: Mapping[str, Any]) -> None: ...
     def log_dir(self, local_dir: Path, artifact_path: str) -> None: ...
@@ -240,7 +247,8 @@ def save_checkpoint(
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         save_file(
-            {k: v.contiguous() for k, v in state.items()}, str(tmp_path / "model.safetensors")
+            {k: v.detach().cpu().contiguous() for k, v in state.items()},
+            str(tmp_path / "model.safetensors"),
         )
         doc = OmegaConf.create(
             {
@@ -250,6 +258,22 @@ def save_checkpoint(
         )
         (tmp_path / "config.yaml").write_text(redact(OmegaConf.to_yaml(doc)))
         run.log_dir(tmp_path, artifact_path)
+
+
+def kill_children(parent: Run, trial_numbers: list[int], reason: str) -> None:
+    """End the RUNNING child runs of these sweep trials KILLED with the reason (their worker
+    died, so nothing else will)."""
+    if isinstance(parent, NoRun) or not trial_numbers:
+        return
+    wanted = {str(n) for n in trial_numbers}
+    running = parent.client.search_runs(
+        [parent.experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent.run_id}' and attributes.status = 'RUNNING'",
+    )
+    for r in running:
+        if r.data.tags.get("trial") in wanted:
+            parent.client.set_tag(r.info.run_id, "error", reason)
+            parent.client.set_terminated(r.info.run_id, status="KILLED")
 
 
 def open_parent(

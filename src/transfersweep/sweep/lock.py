@@ -13,12 +13,13 @@ study ends with exactly `n_trials` trials. The lock lives where the study lives:
 from __future__ import annotations
 
 import fcntl
-import functools
 import hashlib
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from transfersweep.sweep.storage import engine
 
 log = logging.getLogger("transfersweep.sweep")
 
@@ -26,34 +27,6 @@ log = logging.getLogger("transfersweep.sweep")
 def _key(study_name: str) -> int:
     digest = hashlib.blake2b(f"transfersweep:{study_name}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)  # a bigint for pg_advisory_lock
-
-
-@functools.lru_cache(maxsize=4)
-def _engine(url: str):
-    import sqlalchemy
-
-    args = {"connect_timeout": 10} if url.startswith("postgresql") else {}
-    return sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool, connect_args=args)
-
-
-def check_reachable(storage: str | None) -> None:
-    """Fail in seconds, with the fix, when a database storage cannot be reached (libpq would
-    otherwise wait on the network for minutes, and the error would be a long traceback)."""
-    if not storage or storage.startswith("sqlite"):
-        return
-    from transfersweep.errors import ConfigError, first_line
-    from transfersweep.tracking import redact
-
-    try:
-        with _engine(storage).connect():
-            pass
-    except Exception as e:
-        reason = first_line(getattr(e, "orig", None) or e, type(e).__name__)
-        raise ConfigError(
-            f"hydra.sweeper.storage={redact(storage)!r} cannot be opened ({redact(reason)[:300]}): check "
-            "the URL, that the database server runs and the database exists, and the password "
-            "(PGPASSWORD or ~/.pgpass for PostgreSQL)"
-        ) from None
 
 
 @contextmanager
@@ -83,7 +56,7 @@ def study_lock(storage: str | None, study_name: str) -> Iterator[None]:
         log.warning("no study lock for %s storage: start parallel workers one at a time", dialect)
         yield
         return
-    with _engine(storage).connect() as conn:
+    with engine(storage).connect() as conn:
         conn.execute(text(take), params)
         try:
             yield

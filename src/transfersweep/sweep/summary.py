@@ -1,4 +1,4 @@
-"""Sweep reporting: the regime x freeze paradigm table, heatmap, history and importances.
+"""Sweep reporting: the regime x strategy paradigm table, heatmap, history and importances.
 
 Reads the Optuna study (params + the user attributes each trial attached:
 val/test mean and std, paradigm, MLflow run id) and writes everything into the
@@ -17,19 +17,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger(__name__)
+from transfersweep.paradigm import Paradigm
 
-REGIMES = ["pretrain_finetune", "joint", "pretrain_joint", "target_only"]
-FREEZES = ["last_layer", "last_blocks", "full"]
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class Row:
     number: int
     state: str
-    paradigm: str
-    regime: str
-    freeze: str  # strategy (last_blocks without its n)
+    paradigm: Paradigm
     val_acc: float | None
     val_std: float | None
     test_acc: float | None
@@ -38,23 +35,20 @@ class Row:
     params: dict[str, Any]
     error: str
 
+    @property
+    def cell(self) -> tuple[str, str]:
+        return (self.paradigm.regime, self.paradigm.strategy)
+
 
 def rows(study: Any) -> list[Row]:
     out = []
     for t in study.trials:
         a = t.user_attrs
-        paradigm = (
-            a.get("paradigm")
-            or f"{t.params.get('regime', a.get('regime', '?'))}+{t.params.get('freeze', a.get('freeze', '?'))}"
-        )
-        regime, _, freeze = paradigm.partition("+")
         out.append(
             Row(
                 number=t.number,
                 state=t.state.name,
-                paradigm=paradigm,
-                regime=regime,
-                freeze=freeze.rstrip("0123456789"),
+                paradigm=Paradigm.from_trial(a, t.params),
                 val_acc=a.get("val_acc", t.value),
                 val_std=a.get("val_std"),
                 test_acc=a.get("test_acc"),
@@ -72,10 +66,21 @@ def best_per_cell(trials: list[Row]) -> dict[tuple[str, str], Row]:
     for r in trials:
         if r.state != "COMPLETE" or r.val_acc is None:
             continue
-        key = (r.regime, r.freeze)
-        if key not in best or r.val_acc > best[key].val_acc:
-            best[key] = r
+        if r.cell not in best or r.val_acc > best[r.cell].val_acc:
+            best[r.cell] = r
     return best
+
+
+def axes(best: dict[tuple[str, str], Row]) -> tuple[list[str], list[str]]:
+    """Rows: the regimes present, sorted. Columns: the strategies present, in the registry's
+    catalogue order (least to most trained), then any others (a plug-in this process has not
+    loaded) sorted."""
+    from transfersweep import strategies
+
+    regimes = sorted({g for g, _ in best})
+    present = {f for _, f in best}
+    catalogue = [f for f in strategies.names() if f in present]
+    return regimes, catalogue + sorted(present - set(catalogue))
 
 
 def _pm(mean: float | None, std: float | None) -> str:
@@ -85,25 +90,25 @@ def _pm(mean: float | None, std: float | None) -> str:
 
 
 def table_markdown(best: dict[tuple[str, str], Row]) -> str:
-    regimes = [g for g in REGIMES if any(k[0] == g for k in best)] + sorted(
-        {k[0] for k in best} - set(REGIMES)
-    )
+    regimes, freezes = axes(best)
     lines = [
         "Best target validation accuracy per paradigm (test accuracy of the same trial in brackets; "
         "mean ± std over trainer.repeats seeds).",
         "",
-        "| regime \\ freeze | " + " | ".join(FREEZES) + " |",
-        "|---|" + "---|" * len(FREEZES),
+        "| regime \\ freeze | " + " | ".join(freezes) + " |",
+        "|---|" + "---|" * len(freezes),
     ]
     for g in regimes:
         cells = []
-        for f in FREEZES:
+        for f in freezes:
             r = best.get((g, f))
+            if r is None:
+                cells.append("-")
+                continue
+            variant = r.paradigm.variant if r.paradigm.variant != f else ""
             cells.append(
-                "-"
-                if r is None
-                else f"{_pm(r.val_acc, r.val_std)} ({_pm(r.test_acc, r.test_std)}) #{r.number}"
-                + (f" {r.paradigm.split('+')[1]}" if f == "last_blocks" else "")
+                f"{_pm(r.val_acc, r.val_std)} ({_pm(r.test_acc, r.test_std)}) #{r.number}"
+                + (f" {variant}" if variant else "")
             )
         lines.append(f"| {g} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -135,7 +140,17 @@ def write(study: Any, out_dir: Path) -> dict[str, Any]:
             "run_id",
         ],
         [
-            [g, f, r.number, r.paradigm, r.val_acc, r.val_std, r.test_acc, r.test_std, r.run_id]
+            [
+                g,
+                f,
+                r.number,
+                r.paradigm.name,
+                r.val_acc,
+                r.val_std,
+                r.test_acc,
+                r.test_std,
+                r.run_id,
+            ]
             for (g, f), r in sorted(best.items())
         ],
     )
@@ -157,7 +172,7 @@ def write(study: Any, out_dir: Path) -> dict[str, Any]:
             [
                 r.number,
                 r.state,
-                r.paradigm,
+                r.paradigm.name,
                 r.val_acc,
                 r.val_std,
                 r.test_acc,
@@ -190,16 +205,16 @@ def _plots(study: Any, best: dict[tuple[str, str], Row], out_dir: Path) -> None:
     import matplotlib.pyplot as plt
 
     if best:
-        regimes = [g for g in REGIMES if any(k[0] == g for k in best)]
+        regimes, freezes = axes(best)
         grid = [
-            [best[(g, f)].val_acc if (g, f) in best else math.nan for f in FREEZES] for g in regimes
+            [best[(g, f)].val_acc if (g, f) in best else math.nan for f in freezes] for g in regimes
         ]
-        fig, ax = plt.subplots(figsize=(7, 1.2 + 0.8 * len(regimes)))
+        fig, ax = plt.subplots(figsize=(1.5 + 2.0 * len(freezes), 1.2 + 0.8 * len(regimes)))
         im = ax.imshow(grid, cmap="viridis", vmin=0, vmax=1, aspect="auto")
-        ax.set_xticks(range(len(FREEZES)), FREEZES)
+        ax.set_xticks(range(len(freezes)), freezes)
         ax.set_yticks(range(len(regimes)), regimes)
         for i, g in enumerate(regimes):
-            for j, f in enumerate(FREEZES):
+            for j, f in enumerate(freezes):
                 r = best.get((g, f))
                 text = "-" if r is None else _pm(r.val_acc, r.val_std).replace(" ± ", "\n± ")
                 ax.text(
@@ -243,8 +258,9 @@ def _plots(study: Any, best: dict[tuple[str, str], Row], out_dir: Path) -> None:
             log.info("no parameter importance plot: %s", e)
 
 
-def log_to_parent(study: Any, parent: Any) -> dict[str, Any]:
-    """Write the summary into the parent run (artifacts under summary/, headline metrics, tags)."""
+def log_to_parent(study: Any, parent: Any) -> str:
+    """Write the summary into the parent run (artifacts under summary/, headline metrics, tags);
+    returns the paradigm table (markdown)."""
     with tempfile.TemporaryDirectory() as tmp:
         head = write(study, Path(tmp))
         parent.log_dir(Path(tmp), "summary")
@@ -260,7 +276,6 @@ def log_to_parent(study: Any, parent: Any) -> dict[str, Any]:
             }
         )
         parent.set_tags(
-            {"best_paradigm": b.paradigm, "best_run_id": b.run_id, "best_trial": str(b.number)}
+            {"best_paradigm": b.paradigm.name, "best_run_id": b.run_id, "best_trial": str(b.number)}
         )
-    head["table"] = table
-    return head
+    return table

@@ -1,15 +1,19 @@
-"""A job's link to its own Optuna trial (the sweeper passes trial.number / trial.id).
+"""Inside a sweep trial: the job's link to its own Optuna trial.
 
-The Hydra Optuna sweeper gives the task function only its overrides; the
-transfersweep sweeper adds the trial's number and storage id to them, so the
-job can attach its results (mean, std, test metric, MLflow run id) to the trial
-as user attributes, which the sweeper's summary reads back.
+The Hydra Optuna sweeper gives the task function only its overrides; the transfersweep
+sweeper adds the trial's number and storage id (`trial.number`, `trial.id`), and the job
+reads the study's name and storage from hydra.sweeper (never passed as overrides, so a
+password in the storage URL never lands in a job's overrides.yaml). Through this link the
+job attaches its results to the trial (user attributes the summary reads back) and reports
+each epoch to the pruner. Everything here runs in the trial's process; the sweep process's
+side is transfersweep.sweep.workers.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from omegaconf import DictConfig
@@ -22,54 +26,52 @@ def _storage(url: str):
     return optuna.storages.get_storage(url)
 
 
-def in_sweep(cfg: DictConfig) -> bool:
-    return cfg.trial.id is not None and bool(cfg.trial.storage)
+@dataclass(frozen=True)
+class TrialLink:
+    number: int | None = None  # Optuna trial number (what users see)
+    id: int | None = None  # the trial's id in the storage
+    study: str | None = None
+    storage: str | None = None
+    parallel_jobs: int = 1  # trials that run at once in this machine's launcher (joblib)
 
+    @property
+    def active(self) -> bool:
+        return self.id is not None and bool(self.storage)
 
-def set_attrs(cfg: DictConfig, attrs: Mapping[str, Any]) -> None:
-    """Attach `attrs` to this job's Optuna trial; a no-op outside a sweep."""
-    if not in_sweep(cfg):
-        return
-    storage = _storage(cfg.trial.storage)
-    for k, v in attrs.items():
-        storage.set_trial_user_attr(cfg.trial.id, k, v)
+    @classmethod
+    def from_hydra(cls, cfg: DictConfig) -> TrialLink:
+        """Read (only) what this job is: a sweep trial, or a single run (inactive link)."""
+        if cfg.trial.id is None:
+            return cls()
+        from hydra.core.hydra_config import HydraConfig
 
+        from transfersweep.sweep.storage import storage_url
 
-def storage_url(url: str | None) -> str | None:
-    """Make a sqlite URL absolute (every job opens the same file) and create its folder."""
-    if not url or not url.startswith("sqlite:///"):
-        return url
-    from pathlib import Path
+        if not HydraConfig.initialized():
+            return cls(number=cfg.trial.number)
+        hc = HydraConfig.get()
+        joblib = "joblib" in str(hc.launcher.get("_target_", ""))
+        return cls(
+            number=cfg.trial.number,
+            id=cfg.trial.id,
+            study=hc.sweeper.get("study_name"),
+            storage=storage_url(hc.sweeper.get("storage")),
+            parallel_jobs=int(hc.launcher.get("n_jobs") or 1) if joblib else 1,
+        )
 
-    path = (
-        Path(url.removeprefix("sqlite:///")).expanduser().resolve()
-    )  # "/abs" stays, "rel" -> cwd/rel
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{path}"
+    def set_attrs(self, attrs: Mapping[str, Any]) -> None:
+        """Attach `attrs` to this job's Optuna trial; a no-op outside a sweep."""
+        if not self.active:
+            return
+        storage = _storage(self.storage)
+        for k, v in attrs.items():
+            storage.set_trial_user_attr(self.id, k, v)
 
-
-def fill_from_hydra(cfg: DictConfig) -> None:
-    """In a sweep job, read the study name and storage from hydra.sweeper (not passed as overrides,
-    so a password in the storage URL never lands in a job's overrides.yaml), and give each of
-    n parallel joblib workers 1/n of the cores unless trainer.threads is set."""
-    if cfg.trial.id is None:
-        return
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return
-    hc = HydraConfig.get()
-    cfg.trial.study = cfg.trial.study or hc.sweeper.get("study_name")
-    cfg.trial.storage = cfg.trial.storage or storage_url(hc.sweeper.get("storage"))
-    parallel = (
-        int(hc.launcher.get("n_jobs") or 1)
-        if "joblib" in str(hc.launcher.get("_target_", ""))
-        else 1
-    )
-    if parallel > 1 and cfg.trainer.threads is None:  # share the cores, don't oversubscribe them
-        import os
-
-        cfg.trainer.threads = max(1, (os.cpu_count() or 1) // parallel)
+    def pruning(self, pruner: DictConfig) -> Pruning | None:
+        """Per-epoch reports to the pruner, or None (single run, or pruner.name=none)."""
+        if not self.active or pruner.name == "none":
+            return None
+        return Pruning(self, pruner)
 
 
 def make_pruner(p: DictConfig):
@@ -92,26 +94,20 @@ def make_pruner(p: DictConfig):
 
 class Pruning:
     """Reports each epoch's target val accuracy to the live Optuna trial and raises
-    optuna.TrialPruned when the pruner says so. Inert outside a sweep or with pruner.name=none.
+    optuna.TrialPruned when the pruner says so.
 
     A live trial is needed: a FrozenTrial from study.trials always answers should_prune() False.
     """
 
-    def __init__(self, cfg: DictConfig):
-        self.trial = None
-        if in_sweep(cfg) and cfg.pruner.name != "none":
-            import optuna
+    def __init__(self, link: TrialLink, pruner: DictConfig):
+        import optuna
 
-            study = optuna.load_study(
-                study_name=cfg.trial.study,
-                storage=_storage(cfg.trial.storage),
-                pruner=make_pruner(cfg.pruner),
-            )
-            self.trial = optuna.trial.Trial(study, cfg.trial.id)
+        study = optuna.load_study(
+            study_name=link.study, storage=_storage(link.storage), pruner=make_pruner(pruner)
+        )
+        self.trial = optuna.trial.Trial(study, link.id)
 
     def report(self, value: float, epoch: int) -> None:
-        if self.trial is None:
-            return
         self.trial.report(value, epoch)
         if self.trial.should_prune():
             import optuna

@@ -1,0 +1,76 @@
+"""Everything a run needs, built and checked before any training: the input checks.
+
+Config ranges, the data (folders, splits, k-shot), the backbone and its weights, and whether
+each stage's strategy can apply to the model are all settled here, so a bad value costs
+seconds. Heavy imports (torch, timm) happen inside `load`, keeping `--help` and config errors
+fast; the hub is probed before timm is imported (see backbone.prepare_hub).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from omegaconf import DictConfig
+
+from transfersweep.config import validate
+from transfersweep.errors import ConfigError
+from transfersweep.regime import Stage
+
+log = logging.getLogger("transfersweep")
+
+
+@dataclass
+class Inputs:
+    stages: list[Stage]
+    data: Any  # transfersweep.data.TransferData
+    model: Any  # torch.nn.Module (timm)
+    layout: Any  # strategies.Layout: the model's blocks and head
+    runtime: Any  # engine.Runtime
+    preprocess: Any  # data.Preprocess: uint8 batches -> normalised floats on the device
+
+
+def load(cfg: DictConfig, parallel_jobs: int = 1) -> Inputs:
+    validate(cfg)
+    from transfersweep import backbone, regime
+
+    backbone.prepare_hub(cfg)  # before timm is imported
+
+    import torch
+
+    from transfersweep import data as data_mod
+    from transfersweep import engine, freezing
+
+    runtime = engine.Runtime.from_cfg(cfg.trainer, parallel_jobs)
+    if runtime.threads:
+        torch.set_num_threads(runtime.threads)
+    backbone.check_name(cfg.backbone.name)
+    data = data_mod.build(cfg, need_source=regime.needs_source(cfg))
+    stages = regime.plan(cfg, data)
+    torch.manual_seed(cfg.seed)
+    model = backbone.create(cfg, stages[0].num_classes)
+    layout = freezing.layout(model, cfg.backbone.name)
+    for s in stages:  # an impossible strategy setting fails now, not after pretraining
+        if not any(p.epochs > 0 for p in s.strategy.phases(layout, s.epochs)):
+            raise ConfigError(
+                f"freeze.strategy={s.strategy.name!r} trains no epoch of stage {s.name!r} "
+                f"({s.epochs} epochs): give the stage more epochs or check the strategy's keys"
+            )
+    model.to(runtime.device)
+    if runtime.channels_last:
+        model.to(memory_format=torch.channels_last)
+    mean = model.pretrained_cfg.get("mean", (0.5,) * 3)
+    std = model.pretrained_cfg.get("std", (0.5,) * 3)
+    preprocess = data_mod.Preprocess(mean, std, augment=cfg.data.augment).to(runtime.device)
+    log.info(
+        "backbone %s | data %s: target %s%s | device %s%s%s",
+        cfg.backbone.name,
+        cfg.data.name,
+        data.target.sizes(),
+        f", source {data.source.sizes()}" if data.source else "",
+        runtime.device,
+        f" ({runtime.amp_dtype})" if runtime.amp_dtype else "",
+        f", {runtime.threads} threads" if runtime.threads else "",
+    )
+    return Inputs(stages, data, model, layout, runtime, preprocess)

@@ -1,0 +1,234 @@
+"""Stage execution: train one stage, phase by phase, and keep its best weights.
+
+A stage starts from a fresh classifier head and asks its strategy for its phases (what trains
+when, at which learning-rate scale). A phase in which the whole backbone is frozen trains the
+head on features computed once (transfersweep.features) instead of running the backbone every
+epoch. Each phase continues from the best weights of the phase before; the stage ends on its
+best validation epoch. Source stages run once per distinct input (transfersweep.reuse).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from transfersweep import engine, features, freezing
+from transfersweep.data import Batches
+from transfersweep.inputs import Inputs
+from transfersweep.regime import Stage
+from transfersweep.strategies import Phase
+
+log = logging.getLogger("transfersweep")
+
+Report = Callable[[float, int], None]  # (target val accuracy, epoch): the pruner's feed
+
+
+def _scales_for(
+    fit_model: torch.nn.Module, model: torch.nn.Module, scales: dict[str, float]
+) -> dict[str, float]:
+    """The strategy's lr scales (by the model's parameter names) under `fit_model`'s names: the
+    head alone, when it trains on cached features, names its parameters `weight`, `bias`."""
+    if fit_model is model or not scales:
+        return scales
+    by_id = {id(p): scales[n] for n, p in model.named_parameters() if n in scales}
+    return {n: by_id[id(p)] for n, p in fit_model.named_parameters() if id(p) in by_id}
+
+
+@dataclass
+class StageResult:
+    best_val_acc: float
+    best_epoch: int
+    best_state: dict[str, torch.Tensor]  # the whole model at its best epoch (CPU copies)
+
+
+def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def run(
+    inputs: Inputs,
+    cfg: DictConfig,
+    stage: Stage,
+    prefix: str,
+    seed: int,
+    mlrun: Any,
+    report: Report | None = None,
+) -> StageResult:
+    """Train `stage` (metrics under `prefix`) and leave the model at its best epoch."""
+    model, data, runtime = inputs.model, inputs.data, inputs.runtime
+    torch.manual_seed(seed)
+    model.reset_classifier(stage.num_classes)  # every stage starts from a fresh head
+    model.to(runtime.device)
+    phases = [p for p in stage.strategy.phases(inputs.layout, stage.epochs) if p.epochs > 0]
+    lr_scales = stage.strategy.lr_scales(inputs.layout)
+
+    def on_epoch(st: engine.EpochStats) -> None:
+        log.info(
+            "[%s] epoch %3d/%d  loss %.4f  acc %.3f  val_loss %.4f  val_acc %.3f  lr %.2e  %6.0f img/s  %.1fs",
+            prefix, st.epoch, stage.epochs, st.train_loss, st.train_acc,
+            st.val_loss, st.val_acc, st.lr, st.images_per_s, st.seconds,
+        )  # fmt: skip
+        metrics = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_s")
+        mlrun.log_metrics({f"{prefix}/{m}": getattr(st, m) for m in metrics}, step=st.epoch)
+        if report is not None:
+            report(st.val_acc, st.epoch)  # may raise optuna.TrialPruned
+
+    pin = runtime.device.type == "cuda"
+    best: StageResult | None = None
+    epoch = 1
+    for i, phase in enumerate(phases):
+        plan = freezing.set_trainable(inputs.layout, phase.trains)
+        log.info(
+            "[%s] %d epochs on %s data | %s%s: %s of %s parameters train (%d/%d blocks + head)",
+            prefix, phase.epochs, stage.data.value, stage.strategy.label(),
+            f" {phase.name}" if phase.name else "", f"{plan.trainable:,}", f"{plan.total:,}",
+            plan.n_blocks, plan.total_blocks,
+        )  # fmt: skip
+        suffix = f"_{phase.name}" if len(phases) > 1 else ""
+        mlrun.log_metrics(
+            {
+                f"{prefix}/params_trainable{suffix}": plan.trainable,
+                f"{prefix}/params_total": plan.total,
+            }
+        )
+        train = data.train_batches(stage.data, cfg, seed=seed + i, pin_memory=pin)
+        val = data.eval_batches(stage.data, "val", cfg, pin_memory=pin)
+        fit_model, fit_prep, train, val = _with_feature_cache(
+            inputs, cfg, stage, phase, prefix, train, val, mlrun
+        )
+        result = engine.fit(
+            fit_model, train, val, fit_prep, runtime, cfg, phase.epochs,
+            lr=stage.lr * phase.lr_scale, eval_classes=stage.eval_classes, on_epoch=on_epoch,
+            first_epoch=epoch, lr_scales=_scales_for(fit_model, model, lr_scales),
+        )  # fmt: skip
+        fit_model.load_state_dict(result.best_state)  # the next phase starts from the best
+        if best is None or result.best_val_acc > best.best_val_acc:
+            state = result.best_state if fit_model is model else _cpu_state(model)
+            best = StageResult(result.best_val_acc, result.best_epoch, state)
+        epoch += phase.epochs
+    assert best is not None, f"strategy {stage.strategy.name!r} gave no phases"
+    model.load_state_dict(best.best_state)
+    mlrun.log_metrics(
+        {f"{prefix}/best_val_acc": best.best_val_acc, f"{prefix}/best_epoch": best.best_epoch}
+    )
+    return best
+
+
+def _with_feature_cache(inputs, cfg, stage, phase: Phase, prefix, train, val, mlrun):
+    """(model to fit, its preprocessing, train batches, val batches). When the strategy says
+    the whole backbone stays frozen in this phase, that is the head alone on backbone features
+    computed once (same batching and seeds); otherwise the model on images."""
+    layout, model, prep = inputs.layout, inputs.model, inputs.preprocess
+    if stage.strategy.cached_prefix(layout, phase) < len(layout.blocks):
+        return model, prep, train, val
+    why = features.unavailable_reason(cfg)
+    mlrun.set_tags({f"{prefix}/feature_cache": "on" if why is None else f"off: {why}"})
+    if why is not None:
+        log.info("[%s] feature cache off: %s", prefix, why)
+        return model, prep, train, val
+    t0 = time.perf_counter()
+    unshuffled = Batches(
+        train.images, cfg.trainer.eval_batch_size, shuffle=False, pin_memory=train.pin_memory
+    )
+    runtime = inputs.runtime
+    train = features.cached_batches(train, features.extract(model, unshuffled, prep, runtime))
+    val = Batches(features.extract(model, val, prep, runtime), val.batch_size, shuffle=False)
+    log.info(
+        "[%s] feature cache: backbone features of %d images in %.1fs",
+        prefix, len(train.images) + len(val.images), time.perf_counter() - t0,
+    )  # fmt: skip
+    return model.get_classifier(), features.NoPrep(), train, val
+
+
+def pretrain(inputs: Inputs, cfg: DictConfig, mlrun: Any) -> list[Stage]:
+    """Run the source stages before the first target stage (each once per distinct input,
+    reused across runs); returns the stages that remain: the target ones, which repeat."""
+    first_target = next(i for i, s in enumerate(inputs.stages) if s.on_target)
+    for i, stage in enumerate(inputs.stages[:first_target]):
+        _pretrain_stage(inputs, cfg, i, stage, mlrun)
+    return inputs.stages[first_target:]
+
+
+def _pretrain_stage(inputs: Inputs, cfg: DictConfig, i: int, stage: Stage, mlrun: Any) -> None:
+    if not cfg.trainer.reuse_pretrain:
+        run(inputs, cfg, stage, stage.name, cfg.seed + i, mlrun)
+        return
+    from transfersweep import reuse
+
+    model, runtime = inputs.model, inputs.runtime
+    key = reuse.key(cfg, i, str(runtime.amp_dtype or "fp32"))
+    with reuse.claim(cfg, key) as entry:
+        if entry.hit:
+            meta = entry.meta()
+            model.load_state_dict(entry.load())
+            model.to(runtime.device)
+            log.info(
+                "[%s] reused (cache key %s, trained by MLflow run %s)",
+                stage.name, key, meta["run_id"],
+            )  # fmt: skip
+            mlrun.set_tags(
+                {f"{stage.name}/reused_from": meta["run_id"], f"{stage.name}/cache_key": key}
+            )
+            mlrun.log_metrics({f"{stage.name}/best_val_acc": meta["best_val_acc"]})
+            return
+        result = run(inputs, cfg, stage, stage.name, cfg.seed + i, mlrun)
+        entry.store(
+            result.best_state, {"run_id": mlrun.run_id, "best_val_acc": result.best_val_acc}
+        )
+        mlrun.set_tags({f"{stage.name}/cache_key": key})
+
+
+def snapshot(inputs: Inputs) -> dict[str, torch.Tensor]:
+    """The model after the source stages, without its head (every stage makes a fresh one):
+    each repeat of the target stages starts from it."""
+    from transfersweep.backbone import classifier_prefixes
+
+    heads = classifier_prefixes(inputs.model)
+    return {
+        k: v.detach().clone()
+        for k, v in inputs.model.state_dict().items()
+        if not k.startswith(heads)
+    }
+
+
+def restore(inputs: Inputs, start: dict[str, torch.Tensor]) -> None:
+    inputs.model.load_state_dict(start, strict=False)
+
+
+@dataclass
+class RepeatResult:
+    val_acc: float  # the last stage's best target val accuracy
+    test_acc: float  # the same weights on the target test split
+    last: StageResult
+
+
+def repeat(
+    inputs: Inputs,
+    cfg: DictConfig,
+    target_stages: list[Stage],
+    r: int,
+    mlrun: Any,
+    report: Report | None = None,
+) -> RepeatResult:
+    """Repeat r of the target stages (seeded by r), scored on the fixed val and test splits;
+    `report` feeds the pruner from the last stage."""
+    first = len(inputs.stages) - len(target_stages)
+    for i, stage in enumerate(target_stages, start=first):
+        prefix = stage.name if r == 0 else f"{stage.name}_r{r}"
+        last = stage is target_stages[-1]
+        result = run(
+            inputs, cfg, stage, prefix, cfg.seed + i + 1000 * r, mlrun, report if last else None
+        )
+    final = target_stages[-1]
+    test = inputs.data.eval_batches(final.data, "test", cfg)
+    _, test_acc = engine.evaluate(
+        inputs.model, test, inputs.preprocess, inputs.runtime, len(inputs.data.target.classes)
+    )
+    mlrun.log_metrics({"repeat/val_acc": result.best_val_acc, "repeat/test_acc": test_acc}, step=r)
+    return RepeatResult(result.best_val_acc, test_acc, result)

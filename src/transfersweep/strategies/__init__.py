@@ -1,0 +1,34 @@
+"""Tuning strategies: what trains when, at which learning rate (`conf/freeze/`).
+
+One module per strategy; each registers itself by name. `from_config(cfg.freeze)` builds the
+configured one. See base.py for the questions a strategy answers, and the README
+("Add a strategy") for a complete example.
+"""
+
+from transfersweep.strategies.base import (
+    Choice,
+    FloatRange,
+    IntRange,
+    Layout,
+    Phase,
+    Strategy,
+)
+from transfersweep.strategies.registry import create, from_config, get, names, register
+
+# The built-in strategies register themselves on import.
+# Registration order is the catalogue order (least to most trained), used for table columns.
+from transfersweep.strategies import last_layer, last_blocks, full  # noqa: E402, F401  isort: skip
+
+__all__ = [
+    "Choice",
+    "FloatRange",
+    "IntRange",
+    "Layout",
+    "Phase",
+    "Strategy",
+    "create",
+    "from_config",
+    "get",
+    "names",
+    "register",
+]

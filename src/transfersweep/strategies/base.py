@@ -1,0 +1,171 @@
+"""The tuning-strategy interface: what the generic code asks of every strategy.
+
+A strategy decides what trains when, at which learning rate, for the stages that see target
+data, the way a timm model answers `group_matcher` and `get_classifier` for the generic
+timm code. It is given a `Layout` (the model with its parameter names per block, from timm's
+own grouping) and answers:
+
+- `phases(layout, epochs)`: the stage's epochs as consecutive phases, each with the parameter
+  names that train in it and a learning-rate scale (one phase for a fixed freeze; "head
+  first, then everything" is two). Raises ConfigError when it cannot apply to the model.
+- `lr_scales(layout)`: learning-rate multipliers per parameter name (default: none).
+- `cached_prefix(layout, phase)`: how many leading blocks stay frozen and deterministic for a
+  whole phase, so their output can be computed once (the feature cache).
+- `Params` / `search`: its own config keys (under `freeze.*`) and their sweep ranges.
+- `label()`: its short name in a paradigm (`last_blocks2`).
+- `attach(model)` / `export(model)`: change the model before training (adapters) and turn
+  the trained model back into a plain timm state dict for the checkpoint.
+
+This module imports neither torch nor timm: configs are checked without them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from transfersweep.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass(frozen=True)
+class IntRange:
+    """Sweep range of an integer key: sampled uniformly from low..high."""
+
+    low: int
+    high: int
+
+    def suggest(self, trial: Any, name: str) -> int:
+        return trial.suggest_int(name, self.low, self.high)
+
+    def replaced(self, value: Any) -> IntRange:
+        low, high = _bounds(value)
+        return IntRange(int(low), int(high))
+
+
+@dataclass(frozen=True)
+class FloatRange:
+    """Sweep range of a float key: low..high, on a log scale when `log`."""
+
+    low: float
+    high: float
+    log: bool = False
+
+    def suggest(self, trial: Any, name: str) -> float:
+        return trial.suggest_float(name, self.low, self.high, log=self.log)
+
+    def replaced(self, value: Any) -> FloatRange:
+        low, high = _bounds(value)
+        return FloatRange(float(low), float(high), self.log)
+
+
+@dataclass(frozen=True)
+class Choice:
+    """Sweep range of a key with a few values."""
+
+    values: tuple[Any, ...]
+
+    def suggest(self, trial: Any, name: str) -> Any:
+        return trial.suggest_categorical(name, list(self.values))
+
+    def replaced(self, value: Any) -> Choice:
+        values = tuple(value) if isinstance(value, (list, tuple)) else ()
+        if not values:
+            raise ValueError("give a list of values, e.g. [a,b]")
+        return Choice(values)
+
+
+def _bounds(value: Any) -> tuple[Any, Any]:
+    if not isinstance(value, (list, tuple)) or len(value) != 2 or value[0] > value[1]:
+        raise ValueError("give [low,high] with low <= high")
+    return value[0], value[1]
+
+
+@dataclass
+class Layout:
+    """A model seen through timm's grouping: parameter names per block (input side first) and
+    the classifier's parameter names. Built by `transfersweep.freezing.layout`."""
+
+    model: torch.nn.Module
+    blocks: list[list[str]]
+    head: list[str]
+    model_name: str = ""
+
+    def names(self, first_block: int = 0) -> set[str]:
+        """The head plus every block from `first_block` to the last."""
+        return {n for b in self.blocks[first_block:] for n in b} | set(self.head)
+
+    def check_blocks(self, key: str, value: int, low: int = 1) -> None:
+        """A block count or index out of the model's range is a config error naming the fix."""
+        n = len(self.blocks)
+        if not low <= value <= n:
+            raise ConfigError(
+                f"{key}={value} is out of range for {self.model_name}, which has {n} blocks "
+                f"besides its classifier (timm coarse groups). Choose {low}..{n}, or "
+                "freeze=full / freeze=last_layer."
+            )
+
+
+@dataclass(frozen=True)
+class Phase:
+    """Consecutive epochs that train the same parameters at the same learning-rate scale."""
+
+    epochs: int
+    trains: frozenset[str]  # parameter names, classifier included
+    lr_scale: float = 1.0  # of the stage's learning rate
+    name: str = ""  # shown in the log when a stage has several phases
+
+
+@dataclass
+class NoParams:
+    """A strategy without keys of its own."""
+
+
+class Strategy:
+    """Base class: subclass it, set `name` (and `Params`, `search`), implement `phases`, and
+    decorate the class with `@transfersweep.strategies.register`."""
+
+    name: ClassVar[str]
+    Params: ClassVar[type] = NoParams  # a dataclass: its keys under freeze.*, typed
+    search: ClassVar[Mapping[str, IntRange | FloatRange | Choice]] = {}  # sweep ranges of keys
+
+    def __init__(self, params: Any = None) -> None:
+        self.params = params if params is not None else self.Params()
+
+    @classmethod
+    def keys(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls.Params))
+
+    def check(self) -> None:
+        """Range checks on the strategy's own keys that need no model (ConfigError)."""
+
+    def label(self) -> str:
+        """Short name in a paradigm: the strategy name, plus what distinguishes its variants."""
+        return self.name
+
+    def phases(self, layout: Layout, epochs: int) -> list[Phase]:
+        raise NotImplementedError
+
+    def lr_scales(self, layout: Layout) -> dict[str, float]:
+        """Learning-rate multiplier per parameter name; absent names train at 1.0."""
+        return {}
+
+    def cached_prefix(self, layout: Layout, phase: Phase) -> int:
+        """Leading blocks whose output can be computed once for `phase`: by default those
+        with no trainable parameter (frozen parts run in eval mode, so they are deterministic)."""
+        for i, block in enumerate(layout.blocks):
+            if phase.trains.intersection(block):
+                return i
+        return len(layout.blocks)
+
+    def attach(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Change the model before the stage trains (e.g. insert adapters); default: as is."""
+        return model
+
+    def export(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """The trained model as a plain timm state dict (the checkpoint)."""
+        return model.state_dict()

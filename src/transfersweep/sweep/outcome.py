@@ -1,0 +1,75 @@
+"""How a trial ended, as a small typed value (not a string prefix).
+
+`kind` is also stored on the Optuna trial (user attribute `outcome`), so a later worker can
+tell a trial that says something about its parameters (complete, pruned, failed) from one
+whose worker was interrupted or died (its parameters are queued to run again).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+
+@dataclass(frozen=True)
+class Complete:
+    value: float
+    kind: ClassVar[str] = "complete"
+
+
+@dataclass(frozen=True)
+class Pruned:
+    epoch: int | None  # the last epoch the trial reported
+    kind: ClassVar[str] = "pruned"
+
+    @property
+    def reason(self) -> str:
+        return f"pruned at epoch {self.epoch}" if self.epoch is not None else "pruned"
+
+
+@dataclass(frozen=True)
+class Failed:
+    reason: str
+    kind: ClassVar[str] = "failed"
+
+
+@dataclass(frozen=True)
+class Interrupted:
+    """Ctrl-C / SIGTERM while the trial ran: its parameters run again later."""
+
+    reason: str
+    kind: ClassVar[str] = "interrupted"
+
+
+@dataclass(frozen=True)
+class Stale:
+    """Its worker died (kill -9, lost node): its parameters run again later."""
+
+    reason: str
+    kind: ClassVar[str] = "stale"
+
+
+Outcome = Complete | Pruned | Failed | Interrupted | Stale
+REDO = (Interrupted.kind, Stale.kind)  # outcomes that say nothing about the parameters
+
+
+def from_job(ret: Any, last_epoch: int | None) -> Outcome:
+    """The outcome of a Hydra JobReturn; `last_epoch` is the trial's last reported step."""
+    import optuna
+    from hydra.core.utils import JobStatus
+
+    from transfersweep.errors import first_line
+
+    if ret.status != JobStatus.COMPLETED:
+        e = ret._return_value  # Hydra keeps the job's exception here
+        if isinstance(e, optuna.TrialPruned):
+            return Pruned(last_epoch)
+        return Failed(f"{type(e).__name__}: {first_line(e)}"[:500])
+    try:
+        value = float(ret.return_value)
+    except (TypeError, ValueError):
+        return Failed(f"objective is not a number: {ret.return_value!r}")
+    if not math.isfinite(value):
+        return Failed(f"objective is not finite: {value}")
+    return Complete(value)

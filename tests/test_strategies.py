@@ -1,0 +1,72 @@
+"""The strategy interface as the generic code uses it: phases, learning-rate scales in the
+optimizer's groups, the cacheable prefix, and the paradigm value built from a config."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+
+from conftest import FAST, compose
+from transfersweep import engine, freezing, strategies
+from transfersweep.paradigm import Paradigm
+
+
+def _layout():
+    return freezing.layout(timm.create_model("test_resnet", num_classes=3), "test_resnet")
+
+
+def test_lr_scales_reach_the_optimizer_groups():
+    cfg = compose(FAST)
+    layout = _layout()
+    freezing.set_trainable(layout, layout.names())
+    scales = {n: 10.0 for n in layout.head}
+    opt, sched = engine.make_optimizer(layout.model, cfg.optimizer, 1e-3, 10, 0, scales)
+    head = {id(p) for n, p in layout.model.named_parameters() if n in layout.head}
+    for group in opt.param_groups:
+        ids = {id(p) for p in group["params"]}
+        assert ids <= head or not ids & head  # a group is all head or no head
+        assert group["lr"] == pytest.approx(1e-2 if ids <= head else 1e-3)
+        if all(p.ndim <= 1 for p in group["params"]):
+            assert group["weight_decay"] == 0.0  # biases and norms: no decay, as timm does
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(layout.model.parameters()))
+    opt.step()
+    sched.step()  # the schedule scales every group alike: the ratio stays 10
+    lrs = sorted({g["lr"] for g in opt.param_groups})
+    assert lrs[1] / lrs[0] == pytest.approx(10.0)
+
+
+def test_phases_and_cached_prefix_of_the_built_ins():
+    layout = _layout()
+    n = len(layout.blocks)
+    (head_only,) = strategies.create("last_layer").phases(layout, 5)
+    (two,) = strategies.create("last_blocks", n_blocks=2).phases(layout, 5)
+    (everything,) = strategies.create("full").phases(layout, 5)
+    assert head_only.trains == set(layout.head) and head_only.epochs == 5
+    assert strategies.create("last_layer").cached_prefix(layout, head_only) == n
+    assert strategies.create("last_blocks").cached_prefix(layout, two) == n - 2
+    assert strategies.create("full").cached_prefix(layout, everything) == 0
+    assert everything.trains == {name for name, _ in layout.model.named_parameters()}
+
+
+def test_paradigm_is_a_value_built_and_read_in_one_place():
+    cfg = compose([*FAST, "regime=joint", "freeze=last_blocks", "freeze.n_blocks=2"])
+    p = Paradigm.from_cfg(cfg)
+    assert (p.name, p.regime, p.strategy, dict(p.params)) == (
+        "joint+last_blocks2", "joint", "last_blocks", {"n_blocks": 2}
+    )  # fmt: skip
+    assert p.tags() == {
+        "paradigm": "joint+last_blocks2",
+        "regime": "joint",
+        "freeze": "last_blocks",
+    }
+    assert Paradigm.from_dict(p.to_dict()) == p
+    assert Paradigm.from_trial({"paradigm": p.to_dict()}, {}) == p
+    # a trial whose job failed before it could record its paradigm: named from its parameters
+    assert Paradigm.from_trial({}, {"regime": "joint", "freeze": "full"}).name == "joint+full"
+
+
+def test_export_is_the_state_dict_by_default():
+    layout = _layout()
+    state = strategies.create("full").export(layout.model)
+    assert all(torch.equal(state[k], v) for k, v in layout.model.state_dict().items())
