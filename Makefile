@@ -20,7 +20,7 @@ BACKEND ?= sqlite:///$(OUTPUTS)/server/mlflow.db
 ARTIFACTS ?= $(OUTPUTS)/server/artifacts
 
 .DEFAULT_GOAL := help
-.PHONY: help install check-venv train sweep grid ui server test bench lint format clean
+.PHONY: help install check-venv train sweep grid ui server test test-fast bench lint format clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-9s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -59,8 +59,11 @@ ui: install ## MLflow UI on the default store (outputs/mlflow.db), bound to HOST
 server: install ## MLflow tracking server for many workers: BACKEND=postgresql://user@host/db, HOST=127.0.0.1
 	$(PY) -m transfersweep.server --backend "$(BACKEND)" --artifacts "$(ARTIFACTS)" --host "$(HOST)" --port "$(PORT)"
 
-test: install check-venv ## run the test suite (CPU, about 13 minutes; PostgreSQL tests skip without it)
+test: install check-venv ## the full test suite (CPU, about 14 minutes; what CI runs)
 	$(PY) -m pytest -q
+
+test-fast: install check-venv ## every module, without the slow tests (under 3 minutes): while iterating
+	$(PY) -m pytest -q -m "not slow"
 
 bench: install check-venv ## benchmarks: ratios against plain PyTorch, measured in one run (about 10 minutes on CPU)
 	$(PY) bench/run.py $(ARGS)

@@ -35,29 +35,32 @@ def plain_epoch(model, images, labels, batch_size, mean, std, opt, gen, device) 
     return time.perf_counter() - t0
 
 
-def main(backbone: str = "resnet18", rounds: int = 4) -> float:
+def main(backbone: str = "resnet18", rounds: int = 4) -> dict[str, float]:
     """Blocks of `rounds` epochs in F-P-P-F order (F: one engine.fit call, P: the plain loop),
     each with its own warm-up epoch dropped; per-epoch training time only (no validation)."""
     import timm
     from timm.optim import create_optimizer_v2
 
     cfg = compose([f"backbone={backbone}", "optimizer.scheduler=none", "trainer.precision=fp32"])
-    rt = engine.Runtime.from_cfg(cfg.trainer)
+    runtime = engine.Runtime.from_cfg(cfg.trainer)
     data = data_mod.build(cfg, need_source=True)
     n_classes = data.num_classes(StageData.source)
     torch.manual_seed(0)
-    model = timm.create_model(cfg.backbone.name, num_classes=n_classes).to(rt.device)
+    model = timm.create_model(cfg.backbone.name, num_classes=n_classes).to(runtime.device)
     mean_t, std_t = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]
-    prep = data_mod.Preprocess(mean_t, std_t).to(rt.device)
+    prep = data_mod.Preprocess(mean_t, std_t).to(runtime.device)
     train = data.train_batches(StageData.source, cfg, seed=0)
     val = data.eval_batches(StageData.source, "val", cfg)
     images, labels = data.source.train.images, data.source.train.labels
-    mean = torch.tensor(mean_t, device=rt.device).view(1, -1, 1, 1) * 255
-    std = torch.tensor(std_t, device=rt.device).view(1, -1, 1, 1) * 255
+    mean = torch.tensor(mean_t, device=runtime.device).view(1, -1, 1, 1) * 255
+    std = torch.tensor(std_t, device=runtime.device).view(1, -1, 1, 1) * 255
     gen = torch.Generator().manual_seed(0)
 
+    losses: list[float] = []
+
     def framework_block() -> list[float]:
-        res = engine.fit(model, train, val, prep, rt, cfg, epochs=rounds + 1)
+        res = engine.fit(model, train, val, prep, runtime, cfg, epochs=rounds + 1)
+        losses.extend(h.train_loss for h in res.history)
         return [
             len(labels) / h.images_per_s for h in res.history[1:]
         ]  # training part of each epoch
@@ -67,7 +70,9 @@ def main(backbone: str = "resnet18", rounds: int = 4) -> float:
             model, opt="adamw", lr=cfg.optimizer.lr, weight_decay=cfg.optimizer.weight_decay
         )
         times = [
-            plain_epoch(model, images, labels, cfg.data.batch_size, mean, std, opt, gen, rt.device)
+            plain_epoch(
+                model, images, labels, cfg.data.batch_size, mean, std, opt, gen, runtime.device
+            )
             for _ in range(rounds + 1)
         ]
         return times[1:]
@@ -77,12 +82,12 @@ def main(backbone: str = "resnet18", rounds: int = 4) -> float:
     ours += framework_block()
     ratio = median(ours) / median(plain)
     report(
-        f"training epoch, framework / plain loop ({backbone}, {len(labels)} images, bs {cfg.data.batch_size}, {rt.device})",
+        f"training epoch, framework / plain loop ({backbone}, {len(labels)} images, bs {cfg.data.batch_size}, {runtime.device})",
         f"{ratio:.3f}",
         "<= 1.03",
         f"{median(ours):.3f}s vs {median(plain):.3f}s per epoch",
     )
-    return ratio
+    return {"ratio": ratio, "first_loss": losses[0], "last_loss": losses[-1]}
 
 
 if __name__ == "__main__":

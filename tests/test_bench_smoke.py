@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import sys
 
+import pytest
+
 from conftest import ROOT
+
+pytestmark = pytest.mark.slow  # runs the benchmarks
 
 sys.path.insert(0, str(ROOT / "bench"))
 
@@ -13,8 +17,10 @@ def test_epoch_and_feature_cache_benchmarks_run(capsys):
     import bench_epoch
     import bench_feature_cache
 
-    assert bench_epoch.main(backbone="tiny", rounds=1) > 0
-    slower, floor_ratio = bench_feature_cache.main(backbone="tiny")
-    assert slower > 0 and floor_ratio > 0
+    epoch = bench_epoch.main(backbone="tiny", rounds=1)
+    assert epoch["last_loss"] < epoch["first_loss"]  # the timed epochs really trained the model
+    cache = bench_feature_cache.main(backbone="tiny")
+    # the cached and uncached trials did the same work: the same accuracy, to float rounding
+    assert cache["cached_val_acc"] == pytest.approx(cache["uncached_val_acc"], abs=1e-3)
     out = capsys.readouterr().out
     assert "framework / plain loop" in out and "uncached / cached" in out

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
@@ -122,5 +124,12 @@ def test_unknown_group_option_lists_choices(tmp_path):
     assert "pretrain_fintune" in res.stderr and "pretrain_finetune" in res.stderr
 
 
-def test_conf_lives_at_repo_root():
-    assert (ROOT / "conf" / "train.yaml").is_file()
+def test_conf_lives_at_repo_root_and_is_the_one_the_package_reads():
+    """Users edit conf/ at the top level; the entrypoint reads the package's conf, which is a
+    link to it (and a copy inside the wheel), so the two can never differ."""
+    from transfersweep import train
+
+    top = ROOT / "conf"
+    assert top.is_dir() and not top.is_symlink() and (top / "train.yaml").is_file()
+    package_conf = Path(train.__file__).parent / "conf"
+    assert package_conf.resolve() == top.resolve()

@@ -79,6 +79,7 @@ def test_identical_pretrain_stage_is_reused_and_a_changed_one_is_not(outputs):
     assert third.data.tags["pretrain/cache_key"] != first.data.tags["pretrain/cache_key"]
 
 
+@pytest.mark.slow
 def test_concurrent_workers_train_a_shared_pretrain_stage_once(outputs):
     from mlflow.tracking import MlflowClient
 

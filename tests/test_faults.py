@@ -7,8 +7,11 @@ import subprocess
 import sys
 
 import optuna
+import pytest
 
-from conftest import runs
+from conftest import FAST, compose, runs
+from transfersweep.errors import TrainingError
+from transfersweep.memory import memory_guard
 
 LIMIT = 6000 * 2**20  # address space: the sweep itself peaks near 4.5 GB (torch maps a lot)
 
@@ -17,6 +20,22 @@ def _limited() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (LIMIT, LIMIT))
 
 
+def test_out_of_memory_error_names_the_settings_to_lower():
+    """What torch raises on a GPU that is full becomes one line with the settings to change."""
+    cfg = compose([*FAST, "data.batch_size=512", "trainer.precision=fp32"])
+
+    def full_gpu():
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79 GiB total)")
+
+    with pytest.raises(TrainingError) as e:
+        memory_guard(cfg, "training", full_gpu)
+    assert str(e.value).startswith("out of memory while training (CUDA out of memory. Tried")
+    assert "data.batch_size (now 512)" in str(e.value) and "trainer.precision=bf16" in str(e.value)
+    with pytest.raises(ValueError):  # anything else passes through unchanged
+        memory_guard(cfg, "training", lambda: int("x"))
+
+
+@pytest.mark.slow  # a sweep under a real address-space cap
 def test_out_of_memory_fails_the_trial_with_a_hint_and_the_sweep_goes_on(tmp_path):
     """A real allocation failure (the process's address space is capped): a 192 px batch of 512
     cannot fit; the 16 px trial runs in the same process and finishes."""

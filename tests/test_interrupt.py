@@ -9,8 +9,11 @@ import sys
 import time
 
 import optuna
+import pytest
 
 from conftest import FAST, runs
+
+pytestmark = pytest.mark.slow  # signals and kill -9 of real sweep processes
 
 
 def _start(args, cwd):

@@ -13,6 +13,8 @@ from conftest import compose, runs
 from transfersweep import train
 from transfersweep.errors import TransferSweepError
 
+pytestmark = pytest.mark.slow  # 30 hypothesis examples
+
 VALID = {
     "regime": st.sampled_from(["pretrain_finetune", "joint", "pretrain_joint", "target_only"]),
     "freeze": st.sampled_from(["last_layer", "last_blocks", "full"]),

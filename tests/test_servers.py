@@ -16,6 +16,8 @@ import pytest
 from conftest import FAST
 from servers import PASSWORD, free_port, mlflow_server, postgres
 
+pytestmark = pytest.mark.slow  # real PostgreSQL and MLflow servers, many worker processes
+
 WORKER = [
     "-m",
     "sweep=paradigm",

@@ -115,6 +115,7 @@ def test_progress_line_per_trial(sweep):
     assert "-> val_acc" in log and "| best " in log
 
 
+@pytest.mark.slow
 def test_same_study_name_resumes_and_adds_trials(sweep):
     out, _, args = sweep
     again = cli(args, cwd=out)  # n_trials is the study's total: the same command runs nothing more
@@ -133,6 +134,7 @@ def test_same_study_name_resumes_and_adds_trials(sweep):
     assert len(_children(found, parents[0].info.run_id)) == 7
 
 
+@pytest.mark.slow
 def test_failing_trial_does_not_stop_the_sweep(tmp_path):
     """Grid over freeze with n_blocks=9: the last_blocks cell fails, the other two finish."""
     args = [
@@ -164,6 +166,7 @@ def test_failing_trial_does_not_stop_the_sweep(tmp_path):
     assert not any(r.info.status == "RUNNING" for r in found)
 
 
+@pytest.mark.slow
 def test_sweep_where_every_trial_fails_ends_with_a_clear_message(tmp_path):
     args = [
         "-m",
@@ -182,6 +185,7 @@ def test_sweep_where_every_trial_fails_ends_with_a_clear_message(tmp_path):
     assert found and not any(r.info.status == "RUNNING" for r in found)
 
 
+@pytest.mark.slow
 def test_pruned_trial_is_pruned_in_optuna_and_tagged_in_mlflow(tmp_path):
     """ThresholdPruner makes the outcome certain: threshold 0.99 prunes at epoch 1, 0.0 never does."""
     args = [
@@ -217,6 +221,7 @@ def test_pruned_trial_is_pruned_in_optuna_and_tagged_in_mlflow(tmp_path):
     assert "PRUNED pruned at epoch 1" in res.stdout + res.stderr
 
 
+@pytest.mark.slow
 def test_parallel_trials_with_the_joblib_launcher(tmp_path):
     args = [
         "-m",
@@ -240,6 +245,7 @@ def test_parallel_trials_with_the_joblib_launcher(tmp_path):
     assert {c.data.tags["threads"] for c in children} == {str(max(1, (os.cpu_count() or 1) // 2))}
 
 
+@pytest.mark.slow
 def test_submitit_local_launcher_runs_each_trial_as_its_own_job(tmp_path):
     """hydra/launcher=local: the SLURM launcher's local mode (submitit), 2 trials at once."""
     args = [

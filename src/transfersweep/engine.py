@@ -103,18 +103,18 @@ def evaluate(
     model: torch.nn.Module,
     batches: Batches,
     prep: Preprocess,
-    rt: Runtime,
+    runtime: Runtime,
     eval_classes: int | None = None,
 ) -> tuple[float, float]:
     """Mean loss and accuracy; with `eval_classes`, only the first that many logits count (target head of a joint model)."""
     was_training = model.training
     model.eval()
-    loss_sum = torch.zeros((), device=rt.device)
-    correct = torch.zeros((), device=rt.device, dtype=torch.long)
+    loss_sum = torch.zeros((), device=runtime.device)
+    correct = torch.zeros((), device=runtime.device, dtype=torch.long)
     n = 0
     for x, y in batches:
-        x, y = rt.to_device(x), y.to(rt.device, non_blocking=True)
-        with rt.autocast():
+        x, y = runtime.to_device(x), y.to(runtime.device, non_blocking=True)
+        with runtime.autocast():
             logits = model(prep(x))
         logits = logits.float()
         if eval_classes is not None:
@@ -169,7 +169,7 @@ def fit(
     train: Batches,
     val: Batches,
     prep: Preprocess,
-    rt: Runtime,
+    runtime: Runtime,
     cfg: DictConfig,
     epochs: int,
     lr: float | None = None,
@@ -187,20 +187,20 @@ def fit(
     opt, sched = make_optimizer(
         model, cfg.optimizer, lr, steps, cfg.optimizer.warmup_epochs * len(train), lr_scales
     )
-    scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.amp_dtype == torch.float16)
+    scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.amp_dtype == torch.float16)
     frozen = freezing.frozen_modules(model)
     result = FitResult()
     for epoch in range(first_epoch, first_epoch + epochs):
         t0 = time.perf_counter()
         freezing.train_mode(model, frozen)
-        loss_sum = torch.zeros((), device=rt.device)
-        correct = torch.zeros((), device=rt.device, dtype=torch.long)
+        loss_sum = torch.zeros((), device=runtime.device)
+        correct = torch.zeros((), device=runtime.device, dtype=torch.long)
         seen = 0
         group = opt.param_groups[0]
         lr = group["lr"] / group.get("lr_scale", 1.0)  # the stage's rate at this step
         for x, y in train:
-            x, y = rt.to_device(x), y.to(rt.device, non_blocking=True)
-            with rt.autocast():
+            x, y = runtime.to_device(x), y.to(runtime.device, non_blocking=True)
+            with runtime.autocast():
                 logits = model(prep(x, train=True))
                 loss = F.cross_entropy(logits.float(), y)
             opt.zero_grad(set_to_none=True)
@@ -213,12 +213,12 @@ def fit(
             seen += len(y)
         train_loss = loss_sum.item() / max(seen, 1)
         if not math.isfinite(train_loss):
-            hint = " or use trainer.precision=fp32" if rt.amp_dtype is not None else ""
+            hint = " or use trainer.precision=fp32" if runtime.amp_dtype is not None else ""
             raise TrainingError(
                 f"non-finite loss at epoch {epoch}: lower the learning rate (now {lr}){hint}"
             )
         train_seconds = time.perf_counter() - t0
-        val_loss, val_acc = evaluate(model, val, prep, rt, eval_classes)
+        val_loss, val_acc = evaluate(model, val, prep, runtime, eval_classes)
         stats = EpochStats(
             epoch=epoch,
             train_loss=train_loss,

@@ -51,14 +51,16 @@ class NoPrep(torch.nn.Module):
 
 
 @torch.no_grad()
-def extract(model: torch.nn.Module, batches: Batches, prep: torch.nn.Module, rt) -> FeatureSet:
+def extract(model: torch.nn.Module, batches: Batches, prep: torch.nn.Module, runtime) -> FeatureSet:
     """One eval-mode pass of the backbone over `batches` (unshuffled), keeping pooled features."""
     was_training = model.training
     model.eval()
     feats = []
     for x, _ in batches:
-        with rt.autocast():
-            f = model.forward_head(model.forward_features(prep(rt.to_device(x))), pre_logits=True)
+        with runtime.autocast():
+            f = model.forward_head(
+                model.forward_features(prep(runtime.to_device(x))), pre_logits=True
+            )
         feats.append(f.float())
     model.train(was_training)
     images = batches.images

@@ -8,7 +8,7 @@ into seeded train/val/test splits.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,6 @@ class Pool:
     classes: list[str]
     parts: dict[str, ImageSet]
     skipped_files: int = 0
-    notes: list[str] = field(default_factory=list)
 
 
 def load(ds: Any, side: str, image_size: int, budget_mb: int, num_workers: int) -> Pool:
@@ -70,7 +69,7 @@ def select_classes(pool: Pool, wanted: list[Any] | None, side: str) -> Pool:
             sub = part.subset(keep)
             sub.labels = remap[sub.labels]
             parts[name] = sub
-        pool = Pool([pool.classes[i] for i in index], parts, pool.skipped_files, pool.notes)
+        pool = Pool([pool.classes[i] for i in index], parts, pool.skipped_files)
     if len(pool.classes) < 2:
         raise DataError(
             f"data.{side} has {len(pool.classes)} class ({', '.join(pool.classes)}): classification "
