@@ -100,7 +100,7 @@ class TrainerConfig:
     eval_batch_size: int = 256
     repeats: int = 1  # run the target stage(s) over this many seeds; the objective is their mean
     feature_cache: bool = (
-        True  # freeze=last_layer: train the head on backbone features computed once
+        True  # head-only phases (freeze=last_layer): train the head on features computed once
     )
     reuse_pretrain: bool = (
         True  # identical source stages run once (cache under <paths.outputs>/cache)

@@ -1,6 +1,7 @@
-"""Frozen-backbone feature cache: with freeze=last_layer only the classifier trains, so the
-backbone's pooled features (`forward_head(forward_features(x), pre_logits=True)`, what the
-classifier sees) are computed once per split and the head trains on them.
+"""Frozen-backbone feature cache: in a phase where a strategy trains only the classifier (the
+whole backbone frozen, e.g. freeze=last_layer), the backbone's pooled features
+(`forward_head(forward_features(x), pre_logits=True)`, what the classifier sees) are computed
+once per split and the head trains on them.
 
 Exactly equivalent to the uncached path when the backbone's output is deterministic: frozen
 parts run in eval mode there too, so only random inputs (data.augment) or dropout between
@@ -19,7 +20,7 @@ from transfersweep.data.images import ImageSet
 
 
 def unavailable_reason(cfg: DictConfig) -> str | None:
-    """Why the cache cannot be used for a last_layer stage, or None when it can."""
+    """Why the cache cannot be used for a head-only phase, or None when it can."""
     if not cfg.trainer.feature_cache:
         return "trainer.feature_cache=false"
     if cfg.data.augment:

@@ -21,11 +21,14 @@ class Complete:
 @dataclass(frozen=True)
 class Pruned:
     epoch: int | None  # the last epoch the trial reported
+    val_acc: float | None = None  # what it reported then
     kind: ClassVar[str] = "pruned"
 
     @property
     def reason(self) -> str:
-        return f"pruned at epoch {self.epoch}" if self.epoch is not None else "pruned"
+        if self.epoch is None:
+            return "pruned"
+        return f"pruned at epoch {self.epoch} (target val_acc {self.val_acc:.4f})"
 
 
 @dataclass(frozen=True)
@@ -54,8 +57,9 @@ Outcome = Complete | Pruned | Failed | Interrupted | Stale
 REDO = (Interrupted.kind, Stale.kind)  # outcomes that say nothing about the parameters
 
 
-def from_job(ret: Any, last_epoch: int | None) -> Outcome:
-    """The outcome of a Hydra JobReturn; `last_epoch` is the trial's last reported step."""
+def from_job(ret: Any, last_report: tuple[int, float] | None) -> Outcome:
+    """The outcome of a Hydra JobReturn; `last_report` is the trial's last (epoch, value)
+    reported to the pruner, if any."""
     import optuna
     from hydra.core.utils import JobStatus
 
@@ -64,7 +68,7 @@ def from_job(ret: Any, last_epoch: int | None) -> Outcome:
     if ret.status != JobStatus.COMPLETED:
         e = ret._return_value  # Hydra keeps the job's exception here
         if isinstance(e, optuna.TrialPruned):
-            return Pruned(last_epoch)
+            return Pruned(*last_report) if last_report else Pruned(None)
         return Failed(f"{type(e).__name__}: {first_line(e)}"[:500])
     try:
         value = float(ret.return_value)

@@ -186,7 +186,7 @@ class TransferSweeperImpl(StockOptunaSweeper):
         ]  # fmt: skip
         returns = self.launch(jobs)
         return [
-            outcome.from_job(ret, workers.last_epoch(t))
+            outcome.from_job(ret, workers.last_report(t))
             for t, ret in zip(batch, returns, strict=True)
         ]
 

@@ -154,9 +154,10 @@ class Workers:
         """The trial's user attributes as they are now in the storage (the job sets some)."""
         return self.study._storage.get_trial(trial._trial_id).user_attrs
 
-    def last_epoch(self, trial: Any) -> int | None:
+    def last_report(self, trial: Any) -> tuple[int, float] | None:
+        """The trial's last (epoch, value) reported to the pruner."""
         steps = self.study._storage.get_trial(trial._trial_id).intermediate_values
-        return max(steps) if steps else None
+        return (max(steps), steps[max(steps)]) if steps else None
 
     def record(self, trial: Any, outcome: Outcome) -> None:
         """Tell the study how the trial ended (its kind and reason stay on the trial)."""
