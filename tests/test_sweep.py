@@ -35,6 +35,7 @@ def sweep(tmp_path_factory):
         "sweep=paradigm",
         *FAST_SWEEP,
         "trainer.repeats=2",
+        "search.freeze.last_blocks.n_blocks=[2,3]",  # narrows the strategy's declared 1..3
         "hydra.sweeper.n_trials=5",
         "hydra.sweeper.study_name=t",
         f"paths.outputs={out}",
@@ -55,6 +56,7 @@ def test_study_holds_the_trials_with_paradigm_params(sweep):
         assert ("freeze.n_blocks" in t.params) == (
             t.params["freeze"] == "last_blocks"
         )  # conditional
+        assert t.params.get("freeze.n_blocks", 2) in (2, 3)  # over the narrowed range
         assert 3e-4 <= t.params["optimizer.lr"] <= 3e-3
         paradigm = t.user_attrs["paradigm"]  # the job's Paradigm value, as a dict
         assert t.user_attrs["run_id"] and paradigm["regime"] == t.params["regime"]
@@ -64,6 +66,7 @@ def test_study_holds_the_trials_with_paradigm_params(sweep):
         )
         assert t.value == pytest.approx(t.user_attrs["val_acc"])
         assert t.user_attrs["repeats"] == 2 and t.user_attrs["val_std"] is not None
+    assert any(t.params["freeze"] == "last_blocks" for t in study.trials)  # (seed 0 draws it)
 
 
 def test_mlflow_parent_with_nested_tagged_children_and_summary(sweep):

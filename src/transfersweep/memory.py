@@ -7,6 +7,7 @@ Kept apart from the engine so the entrypoint can wrap set-up without importing t
 from __future__ import annotations
 
 import gc
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -18,9 +19,12 @@ _OOM_MARKERS = ("out of memory", "can't allocate memory", "cannot allocate memor
 
 
 def is_oom(e: BaseException) -> bool:
-    import torch
-
-    if isinstance(e, (MemoryError, torch.OutOfMemoryError)):
+    if isinstance(e, MemoryError):
+        return True
+    # Only look at torch when it is loaded already: a config error raised before the heavy
+    # imports must not pay seconds for importing torch just to be told apart from an OOM.
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(e, torch.OutOfMemoryError):
         return True
     return isinstance(e, RuntimeError) and any(m in str(e).lower() for m in _OOM_MARKERS)
 

@@ -91,7 +91,7 @@ def log(
         },
         "summary.json",
     )
-    if cfg.tracking.log_checkpoint:
+    if cfg.tracking.enabled and cfg.tracking.log_checkpoint:
         _log_checkpoint(mlrun, cfg, inputs, repeats)
     repeated = len(repeats) > 1
     link.set_attrs(

@@ -108,19 +108,30 @@ def run(
             first_epoch=epoch, lr_scales=_scales_for(fit_model, model, lr_scales),
         )  # fmt: skip
         fit_model.load_state_dict(result.best_state)  # the next phase starts from the best
-        if best is None or result.best_val_acc > best.best_val_acc:
+        best_is_last = best is None or result.best_val_acc > best.best_val_acc
+        if best_is_last:
             state = result.best_state if fit_model is model else _cpu_state(model)
             best = StageResult(result.best_val_acc, result.best_epoch, state)
         epoch += phase.epochs
     assert best is not None, f"strategy {stage.strategy.name!r} gave no phases"
-    model.load_state_dict(best.best_state)
+    if not best_is_last:  # an earlier phase did better: the stage ends on its weights
+        model.load_state_dict(best.best_state)
     mlrun.log_metrics(
         {f"{prefix}/best_val_acc": best.best_val_acc, f"{prefix}/best_epoch": best.best_epoch}
     )
     return best
 
 
-def _with_feature_cache(inputs, cfg, stage, phase: Phase, prefix, train, val, mlrun):
+def _with_feature_cache(
+    inputs: Inputs,
+    cfg: DictConfig,
+    stage: Stage,
+    phase: Phase,
+    prefix: str,
+    train: Batches,
+    val: Batches,
+    mlrun: Any,
+) -> tuple[torch.nn.Module, torch.nn.Module, Batches, Batches]:
     """(model to fit, its preprocessing, train batches, val batches). When the strategy says
     the whole backbone stays frozen in this phase, that is the head alone on backbone features
     computed once (same batching and seeds); otherwise the model on images."""
