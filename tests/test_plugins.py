@@ -1,6 +1,7 @@
 """A strategy and a regime of the user's own, from a temporary folder, without editing the
-package: the README's example strategy (its code and yaml, taken from the README itself) and a
-regime in the same config folder, through Hydra's search path, end to end and in sweeps."""
+package: the README's examples (the strategy's code and yaml, and a regime: joint training,
+then fine-tuning on the target alone), taken from the README itself, through Hydra's search
+path, end to end and in sweeps."""
 
 from __future__ import annotations
 
@@ -10,13 +11,6 @@ import optuna
 import pytest
 
 from conftest import FAST, ROOT, cli, runs
-
-# A regime of the user's own: joint training, then fine-tuning on the target alone.
-MINE = """name: mine
-stages:
-  - {name: joint, data: joint}
-  - {name: finetune, data: target}
-"""
 
 
 def readme_example(path: str) -> str:
@@ -37,7 +31,7 @@ def plugin(tmp_path):
     (conf / "freeze").mkdir(parents=True)
     (conf / "regime").mkdir()
     (conf / "freeze" / "head_first.yaml").write_text(readme_example("freeze/head_first.yaml"))
-    (conf / "regime" / "mine.yaml").write_text(MINE)
+    (conf / "regime" / "mine.yaml").write_text(readme_example("regime/mine.yaml"))
     return str(code), conf
 
 
