@@ -54,10 +54,6 @@ def test_last_layer_changes_only_the_classifier(kind):
         assert any("running_mean" in k for k in model.state_dict())
 
 
-def before_keys(model) -> list[str]:
-    return list(model.state_dict())
-
-
 @pytest.mark.parametrize("kind", ["cnn", "vit"])
 @pytest.mark.parametrize("n_blocks", [1, 2])
 def test_last_blocks_changes_only_the_last_n_blocks(kind, n_blocks):
@@ -75,7 +71,7 @@ def test_last_blocks_changes_only_the_last_n_blocks(kind, n_blocks):
         module = k.rsplit(".", 1)[0]
         assert k.startswith(heads) or module in trained_modules, k
         assert module not in frozen_modules, k
-    frozen_buffers = [k for k in before_keys(model) if k.rsplit(".", 1)[0] in frozen_modules
+    frozen_buffers = [k for k in model.state_dict() if k.rsplit(".", 1)[0] in frozen_modules
                       and "running_" in k]  # fmt: skip
     if kind == "cnn":
         assert frozen_buffers, "the frozen blocks have BatchNorm statistics to check"

@@ -39,6 +39,16 @@ class Row:
     def cell(self) -> tuple[str, str]:
         return (self.paradigm.regime, self.paradigm.strategy)
 
+    def results(self) -> list[Any]:
+        """The values of RESULT_COLUMNS, which both CSVs carry."""
+        return [
+            self.paradigm.name, self.val_acc, self.val_std, self.test_acc, self.test_std,
+            self.run_id,
+        ]  # fmt: skip
+
+
+RESULT_COLUMNS = ["paradigm", "val_acc", "val_std", "test_acc", "test_std", "run_id"]
+
 
 def rows(study: Any) -> list[Row]:
     out = []
@@ -128,61 +138,13 @@ def write(study: Any, out_dir: Path) -> dict[str, Any]:
     (out_dir / "paradigm_table.md").write_text(table_markdown(best), encoding="utf-8")
     _csv(
         out_dir / "paradigm_table.csv",
-        [
-            "regime",
-            "freeze",
-            "best_trial",
-            "paradigm",
-            "val_acc",
-            "val_std",
-            "test_acc",
-            "test_std",
-            "run_id",
-        ],
-        [
-            [
-                g,
-                f,
-                r.number,
-                r.paradigm.name,
-                r.val_acc,
-                r.val_std,
-                r.test_acc,
-                r.test_std,
-                r.run_id,
-            ]
-            for (g, f), r in sorted(best.items())
-        ],
+        ["regime", "freeze", "best_trial", *RESULT_COLUMNS],
+        [[g, f, r.number, *r.results()] for (g, f), r in sorted(best.items())],
     )
     _csv(
         out_dir / "trials.csv",
-        [
-            "trial",
-            "state",
-            "paradigm",
-            "val_acc",
-            "val_std",
-            "test_acc",
-            "test_std",
-            "run_id",
-            "params",
-            "error",
-        ],
-        [
-            [
-                r.number,
-                r.state,
-                r.paradigm.name,
-                r.val_acc,
-                r.val_std,
-                r.test_acc,
-                r.test_std,
-                r.run_id,
-                r.params,
-                r.error,
-            ]
-            for r in trials
-        ],
+        ["trial", "state", *RESULT_COLUMNS, "params", "error"],
+        [[r.number, r.state, *r.results(), r.params, r.error] for r in trials],
     )
     _plots(study, best, out_dir)
     complete = [r for r in trials if r.state == "COMPLETE" and r.val_acc is not None]
