@@ -59,7 +59,7 @@ ui: install ## MLflow UI on the default store (outputs/mlflow.db), bound to HOST
 server: install ## MLflow tracking server for many workers: BACKEND=postgresql://user@host/db, HOST=127.0.0.1
 	$(PY) -m transfersweep.server --backend "$(BACKEND)" --artifacts "$(ARTIFACTS)" --host "$(HOST)" --port "$(PORT)"
 
-test: install check-venv ## the full test suite (CPU, about 12 minutes; what CI runs)
+test: install check-venv ## the full test suite (CPU, 12-16 minutes; what CI runs)
 	$(PY) -m pytest -q
 
 test-fast: install check-venv ## every module, without the slow tests (under 3 minutes): while iterating
