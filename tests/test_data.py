@@ -32,6 +32,25 @@ def test_digits_splits_are_seeded_disjoint_and_k_shot():
     assert not torch.equal(other.target.train.images, t.train.images)
 
 
+def test_k_shot_draws_are_reproducible_fresh_and_leave_val_test_alone():
+    cfg = compose(["data.image_size=16"])
+    a = data_mod.build(cfg, need_source=False).target
+    b = data_mod.build(cfg, need_source=False).target  # as in another trial or process
+    assert a.draw(0) is a  # draw 0 is the split's own k-shot images
+    draws = [a.draw(d) for d in range(4)]
+    assert len({d.digest() for d in draws}) == 4  # each repeat its own images
+    for d in range(4):
+        assert torch.equal(draws[d].index, b.draw(d).index)  # same draw in every trial
+        assert torch.equal(draws[d].train.images, b.draw(d).train.images)
+        assert torch.bincount(draws[d].train.labels).tolist() == [5] * 5
+        assert draws[d].val is a.val and draws[d].test is a.test
+        tr = _images_key(draws[d].train)
+        assert not (tr & _images_key(a.val)) and not (tr & _images_key(a.test))
+    assert a.draw(2).draw(0).digest() == a.digest()
+    whole = data_mod.build(compose(["data.image_size=16", "data.target.k_shot=null"]), False)
+    assert whole.target.draw(3) is whole.target  # no k-shot limit: nothing to redraw
+
+
 def test_joint_batches_mix_target_and_source_in_union_label_space():
     cfg = compose(["data.image_size=16", "data.batch_size=32"])
     d = data_mod.build(cfg, need_source=True)

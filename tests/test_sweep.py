@@ -34,7 +34,7 @@ def sweep(tmp_path_factory):
         "-m",
         "sweep=paradigm",
         *FAST_SWEEP,
-        "trainer.repeats=2",
+        "trainer.repeats=3",
         "search.freeze.last_blocks.n_blocks=[2,3]",  # narrows the strategy's declared 1..3
         "hydra.sweeper.n_trials=5",
         "hydra.sweeper.study_name=t",
@@ -65,7 +65,7 @@ def test_study_holds_the_trials_with_paradigm_params(sweep):
             {"n_blocks": t.params["freeze.n_blocks"]} if t.params["freeze"] == "last_blocks" else {}
         )
         assert t.value == pytest.approx(t.user_attrs["val_acc"])
-        assert t.user_attrs["repeats"] == 2 and t.user_attrs["val_std"] is not None
+        assert t.user_attrs["repeats"] == 3 and t.user_attrs["val_ci95"] is not None
     assert any(t.params["freeze"] == "last_blocks" for t in study.trials)  # (seed 0 draws it)
 
 
@@ -107,7 +107,57 @@ def test_mlflow_parent_with_nested_tagged_children_and_summary(sweep):
     ).read()
     assert "| regime \\ freeze | last_layer | last_blocks | full |" in table
     assert f"#{study.best_trial.number}" in table
-    assert " ± " in table  # mean ± std over trainer.repeats=2 seeds
+    assert " ± " in table and "n=3" in table  # mean ± CI half-width over trainer.repeats=3
+    verdict = parent.data.tags["verdict"]
+    assert "**Verdict**: " + verdict in parent.data.tags["mlflow.note.content"]  # run page
+    assert table in parent.data.tags["mlflow.note.content"]
+
+
+def test_repeats_are_paired_draws_identical_across_trials(sweep):
+    out, _, _ = sweep
+    draws = [t.user_attrs["repeat_draw"] for t in _study(out, "t").trials]
+    assert all(d == draws[0] for d in draws)  # repeat r: the same k-shot images in every trial
+    assert len(set(draws[0])) == 3  # and a different draw per repeat
+    assert all(t.user_attrs["repeat_index"] == [0, 1, 2] for t in _study(out, "t").trials)
+
+
+def test_verdict_p_values_match_a_paired_t_test_on_the_logged_repeats(sweep):
+    import csv
+
+    from scipy.stats import ttest_rel
+
+    out, res, _ = sweep
+    client, found = runs(out)
+    (parent,) = [r for r in found if r.data.tags.get("transfersweep.role") == "sweep"]
+    path = client.download_artifacts(parent.info.run_id, "summary/paradigm_table.csv", str(out))
+    table = list(csv.DictReader(open(path)))
+    (winner,) = [r for r in table if r["verdict"] == "winner"]
+    assert float(winner["val_acc"]) == max(float(r["val_acc"]) for r in table)
+
+    def repeat_vals(run_id):  # as logged in MLflow, step = repeat index
+        hist = client.get_metric_history(run_id, "repeat/val_acc")
+        return [h.value for h in sorted(hist, key=lambda h: h.step)]
+
+    others = [r for r in table if r["verdict"] != "winner"]
+    raw = []
+    for r in others:
+        a, b = repeat_vals(winner["run_id"]), repeat_vals(r["run_id"])
+        d = [x - y for x, y in zip(a, b, strict=True)]
+        p = 1.0 if all(x == 0 for x in d) else ttest_rel(a, b).pvalue
+        if all(x == d[0] for x in d) and d[0] != 0:
+            p = 0.0
+        assert float(r["p_value"]) == pytest.approx(p, abs=1e-9)
+        raw.append(p)
+    # Holm by hand: sorted p's times (m, m-1, ...), running maximum, capped at 1
+    m, running, holm = len(raw), 0.0, {}
+    for rank, i in enumerate(sorted(range(m), key=lambda i: raw[i])):
+        running = max(running, min(1.0, (m - rank) * raw[i]))
+        holm[i] = running
+    for i, r in enumerate(others):
+        assert float(r["p_holm"]) == pytest.approx(holm[i], abs=1e-9)
+        assert r["verdict"] == ("worse" if holm[i] < 0.05 else "tied")
+    last = [line for line in res.stdout.splitlines() + res.stderr.splitlines() if "verdict" in line]
+    assert parent.data.tags["verdict"] in last[-1]
 
 
 def test_progress_line_per_trial(sweep):

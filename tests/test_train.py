@@ -179,7 +179,9 @@ def test_cli_bad_input_exits_nonzero_with_a_short_error(tmp_path):
     assert found == []
 
 
-def test_repeats_report_mean_and_std_over_seeds(outputs):
+def test_repeats_report_mean_std_and_ci_over_draws_and_seeds(outputs):
+    import json
+    import math
     import statistics
 
     train.run(compose([*FAST, "trainer.repeats=3"], outputs))
@@ -194,9 +196,36 @@ def test_repeats_report_mean_and_std_over_seeds(outputs):
     assert len(vals) == 3
     assert m["val_acc"] == pytest.approx(statistics.fmean(vals))
     assert m["val_acc_std"] == pytest.approx(statistics.stdev(vals))
+    # 95 % Student t half-width by hand: t(0.975, df=2) = 4.302652729749464
+    assert m["val_acc_ci95"] == pytest.approx(
+        4.302652729749464 * statistics.stdev(vals) / math.sqrt(3)
+    )
+    assert m["val_acc_n"] == 3
     assert {"finetune/val_acc", "finetune_r1/val_acc", "finetune_r2/val_acc"} <= set(m)
     assert not any(k.startswith("pretrain_r") for k in m)  # the source stage runs once
-    summary = client.download_artifacts(r.info.run_id, "summary.json", str(outputs))
+    summary = json.load(
+        open(client.download_artifacts(r.info.run_id, "summary.json", str(outputs)))
+    )
+    reps = summary["repeats"]
+    assert [x["val_acc"] for x in reps] == pytest.approx(vals)
+    assert [x["index"] for x in reps] == [0, 1, 2]
+    assert len({x["draw"] for x in reps}) == 3  # repeat_over=both: each repeat its own k-shot draw
+    assert summary["val_acc"]["low"] == pytest.approx(m["val_acc"] - m["val_acc_ci95"])
+
+
+def test_repeat_over_seed_keeps_one_draw_and_first_repeat_gives_fresh_ones(outputs):
     import json
 
-    assert json.load(open(summary))["repeats"]["val_acc"] == pytest.approx(vals)
+    train.run(compose([*FAST, "trainer.repeats=2", "trainer.repeat_over=seed"], outputs))
+    train.run(compose([*FAST, "trainer.repeats=2", "trainer.first_repeat=5"], outputs))
+    client, found = runs(outputs)
+    draws = {}
+    for r in found:
+        path = client.download_artifacts(
+            r.info.run_id, "summary.json", str(outputs / r.info.run_id)
+        )
+        draws[r.data.params["trainer.first_repeat"]] = [
+            x["draw"] for x in json.load(open(path))["repeats"]
+        ]
+    seed_only, fresh = draws["0"], draws["5"]
+    assert len(set(seed_only)) == 1 and len(set(fresh)) == 2 and not set(fresh) & set(seed_only)

@@ -98,7 +98,12 @@ class TrainerConfig:
     channels_last: bool = False
     threads: int | None = None  # torch intra-op threads; null = torch's default
     eval_batch_size: int = 256
-    repeats: int = 1  # run the target stage(s) over this many seeds; the objective is their mean
+    # Run the target stage(s) this many times; the objective is the mean. Repeat r trains on
+    # k-shot draw r and seed r (repeat_over=both), or varies only one of them (seed | draw).
+    # Repeat r is identical in every trial of a study: paradigms are compared on paired repeats.
+    repeats: int = 1
+    repeat_over: str = "both"  # both | seed | draw
+    first_repeat: int = 0  # index of the first repeat (a sweep's confirmation uses fresh ones)
     feature_cache: bool = (
         True  # head-only phases (freeze=last_layer): train the head on features computed once
     )
@@ -234,7 +239,14 @@ def validate(cfg: DictConfig) -> None:
         "choose auto, fp32, bf16 or fp16",
     )
     _check(t.threads is None or t.threads >= 1, "trainer.threads", t.threads, "null or >= 1")
-    _check(t.repeats >= 1, "trainer.repeats", t.repeats, "use 1 or more seeds")
+    _check(t.repeats >= 1, "trainer.repeats", t.repeats, "use 1 or more repeats")
+    _check(
+        t.repeat_over in ("both", "seed", "draw"),
+        "trainer.repeat_over",
+        t.repeat_over,
+        "choose both (k-shot draw and seed), seed or draw",
+    )
+    _check(t.first_repeat >= 0, "trainer.first_repeat", t.first_repeat, "use 0 or more")
     _check(o.lr > 0, "optimizer.lr", o.lr, "use a positive learning rate")
     _check(o.source_lr > 0, "optimizer.source_lr", o.source_lr, "use a positive learning rate")
     _check(o.weight_decay >= 0, "optimizer.weight_decay", o.weight_decay, "use 0 or more")

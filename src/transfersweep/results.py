@@ -14,6 +14,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from transfersweep import stats
 from transfersweep.inputs import Inputs
 from transfersweep.paradigm import Paradigm
 from transfersweep.stages import RepeatResult
@@ -22,16 +23,19 @@ from transfersweep.sweep.trial import TrialLink
 
 @dataclass
 class Outcome:
-    val_acc: float  # mean over repeats: the objective
-    val_std: float  # 0.0 with one repeat
-    test_acc: float
-    test_std: float
+    val: stats.Estimate  # over repeats; val.mean is the objective
+    test: stats.Estimate
     seconds: float  # the whole run after set-up: source stages and every repeat
+    target_seconds: float  # the target stages, per repeat (mean): the paradigm's training cost
     repeats: list[RepeatResult]
 
+    @property
+    def val_acc(self) -> float:
+        return self.val.mean
 
-def _std(values: list[float]) -> float:
-    return statistics.stdev(values) if len(values) > 1 else 0.0
+    @property
+    def test_acc(self) -> float:
+        return self.test.mean
 
 
 def log_inputs(mlrun: Any, cfg: DictConfig, inputs: Inputs) -> None:
@@ -65,46 +69,57 @@ def log(
 ) -> Outcome:
     vals = [r.val_acc for r in repeats]
     tests = [r.test_acc for r in repeats]
-    out = Outcome(
-        statistics.fmean(vals), _std(vals), statistics.fmean(tests), _std(tests), seconds, repeats
-    )
-    mlrun.log_metrics(
-        {
-            "val_acc": out.val_acc,
-            "val_acc_std": out.val_std,
-            "test_acc": out.test_acc,
-            "test_acc_std": out.test_std,
-            "run_seconds": out.seconds,
-        }
-    )
+    target_seconds = statistics.fmean(r.seconds for r in repeats)
+    out = Outcome(stats.estimate(vals), stats.estimate(tests), seconds, target_seconds, repeats)
+    metrics = {"run_seconds": out.seconds, "target_seconds": out.target_seconds}
+    for name, e in (("val_acc", out.val), ("test_acc", out.test)):
+        metrics |= {name: e.mean, f"{name}_std": e.std, f"{name}_n": e.n}
+        if e.ci95 is not None:
+            metrics |= {f"{name}_ci95": e.ci95}
+    mlrun.log_metrics(metrics)
     mlrun.log_json(
         {
             "paradigm": paradigm.to_dict() | {"name": paradigm.name},
             "backbone": cfg.backbone.name,
             "data": cfg.data.name,
-            "val_acc": out.val_acc,
-            "val_acc_std": out.val_std,
-            "test_acc": out.test_acc,
-            "test_acc_std": out.test_std,
-            "repeats": {"val_acc": vals, "test_acc": tests},
+            **{name: _estimate_dict(e) for name, e in (("val_acc", out.val), ("test_acc", out.test))},
+            "confidence": f"{stats.LEVEL:.0%} Student t interval of the mean over repeats",
+            "repeat_over": cfg.trainer.repeat_over,
+            "repeats": [
+                {"index": r.index, "draw": r.draw, "val_acc": r.val_acc, "test_acc": r.test_acc,
+                 "seconds": r.seconds}
+                for r in repeats
+            ],
             "seconds": out.seconds,
+            "target_seconds": out.target_seconds,
         },
         "summary.json",
-    )
+    )  # fmt: skip
     if cfg.tracking.enabled and cfg.tracking.log_checkpoint:
         _log_checkpoint(mlrun, cfg, inputs, repeats)
-    repeated = len(repeats) > 1
     link.set_attrs(
         {
-            "val_acc": out.val_acc,
-            "val_std": out.val_std if repeated else None,
-            "test_acc": out.test_acc,
-            "test_std": out.test_std if repeated else None,
+            "val_acc": out.val.mean,
+            "val_std": out.val.std if out.val.n > 1 else None,
+            "val_ci95": out.val.ci95,
+            "test_acc": out.test.mean,
+            "test_std": out.test.std if out.test.n > 1 else None,
+            "test_ci95": out.test.ci95,
             "repeats": len(repeats),
+            # per repeat, for the sweep's paired comparisons
+            "repeat_index": [r.index for r in repeats],
+            "repeat_val": vals,
+            "repeat_test": tests,
+            "repeat_draw": [r.draw for r in repeats],
+            "target_seconds": out.target_seconds,
             "run_id": mlrun.run_id,
         }
     )
     return out
+
+
+def _estimate_dict(e: stats.Estimate) -> dict[str, Any]:
+    return {"mean": e.mean, "std": e.std, "n": e.n, "ci95": e.ci95, "low": e.low, "high": e.high}
 
 
 def _log_checkpoint(mlrun: Any, cfg: DictConfig, inputs: Inputs, repeats: list[RepeatResult]):

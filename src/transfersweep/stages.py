@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -22,6 +22,7 @@ from transfersweep import engine, features, freezing
 from transfersweep.data import Batches
 from transfersweep.inputs import Inputs
 from transfersweep.regime import Stage
+from transfersweep.repeats import Repeat
 from transfersweep.strategies import Phase
 
 log = logging.getLogger("transfersweep")
@@ -214,6 +215,9 @@ def restore(inputs: Inputs, start: dict[str, torch.Tensor]) -> None:
 
 @dataclass
 class RepeatResult:
+    index: int  # the repeat's index r (transfersweep.repeats.Repeat)
+    draw: str  # fingerprint of its k-shot draw (data.splits.Splits.digest)
+    seconds: float  # the target stages' training and scoring
     val_acc: float  # the last stage's best target val accuracy
     test_acc: float  # the same weights on the target test split
     last: StageResult
@@ -223,23 +227,28 @@ def repeat(
     inputs: Inputs,
     cfg: DictConfig,
     target_stages: list[Stage],
-    r: int,
+    rep: Repeat,
     mlrun: Any,
     report: Report | None = None,
 ) -> RepeatResult:
-    """Repeat r of the target stages (seeded by r), scored on the fixed val and test splits;
-    `report` feeds the pruner from the last stage."""
+    """The target stages on repeat `rep`'s k-shot draw and seed, scored on the fixed val and
+    test splits; `report` feeds the pruner from the last stage."""
+    t0 = time.perf_counter()
+    inputs = replace(inputs, data=inputs.data.drawn(rep.draw))
     first = len(inputs.stages) - len(target_stages)
     for i, stage in enumerate(target_stages, start=first):
-        prefix = stage.name if r == 0 else f"{stage.name}_r{r}"
+        prefix = stage.name if rep.index == 0 else f"{stage.name}_r{rep.index}"
         last = stage is target_stages[-1]
-        result = run(
-            inputs, cfg, stage, prefix, cfg.seed + i + 1000 * r, mlrun, report if last else None
-        )
+        seed = cfg.seed + i + 1000 * rep.seed
+        result = run(inputs, cfg, stage, prefix, seed, mlrun, report if last else None)
     final = target_stages[-1]
     test = inputs.data.eval_batches(final.data, "test", cfg)
     _, test_acc = engine.evaluate(
         inputs.model, test, inputs.preprocess, inputs.runtime, len(inputs.data.target.classes)
     )
-    mlrun.log_metrics({"repeat/val_acc": result.best_val_acc, "repeat/test_acc": test_acc}, step=r)
-    return RepeatResult(result.best_val_acc, test_acc, result)
+    mlrun.log_metrics(
+        {"repeat/val_acc": result.best_val_acc, "repeat/test_acc": test_acc}, step=rep.index
+    )
+    draw = inputs.data.target.digest()
+    seconds = time.perf_counter() - t0
+    return RepeatResult(rep.index, draw, seconds, result.best_val_acc, test_acc, result)

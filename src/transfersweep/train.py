@@ -4,8 +4,9 @@ One run = one paradigm (regime x strategy) on one backbone and data set:
 
     inputs   check the config, load the data, build the model      transfersweep.inputs
     stages   source stages once (reused across runs), then the     transfersweep.stages
-             target stages once per repeat (trainer.repeats)
-    results  mean/std over repeats, summary.json, checkpoint        transfersweep.results
+             target stages once per repeat (trainer.repeats: k-shot
+             draw and seed, transfersweep.repeats)
+    results  mean, std, 95% CI over repeats, summary.json, checkpoint  transfersweep.results
 
 A single run checks its input before the MLflow run opens, so a bad value costs seconds and
 leaves no run behind; a sweep trial opens its run first, so a trial that fails on bad input
@@ -51,32 +52,39 @@ def run(cfg: DictConfig) -> float:
         ready = memory_guard(cfg, "preparing data and model", inputs.load, cfg, link.parallel_jobs)
         with nullcontext(early) if early else tracking.start(cfg, paradigm.name, tags) as mlrun:
             out = memory_guard(cfg, "training", train, ready, cfg, paradigm, link, mlrun)
-    spread = f" (+-{out.val_std:.4f}, {len(out.repeats)} repeats)" if len(out.repeats) > 1 else ""
     where = f"MLflow run {mlrun.run_id} in {tracking.redact(mlrun.uri)} -> `make ui`, then {mlrun.ui_url()}"
     log.info(
-        "done: %s | %s on %s | target val_acc %.4f%s  test_acc %.4f | %.0fs | %s",
-        paradigm, cfg.backbone.name, cfg.data.name, out.val_acc, spread, out.test_acc,
+        "done: %s | %s on %s | target val_acc %s  test_acc %s | %.0fs | %s",
+        paradigm, cfg.backbone.name, cfg.data.name, _pm(out.val), _pm(out.test),
         out.seconds, where if cfg.tracking.enabled else "tracking off",
     )  # fmt: skip
     return float(out.val_acc)
 
 
+def _pm(e: Any) -> str:
+    """0.8156 ± 0.0210 (95% CI, n=5), or the bare value of a single repeat."""
+    return f"{e.mean:.4f}" if e.ci95 is None else f"{e.mean:.4f} ± {e.ci95:.4f} (95% CI, n={e.n})"
+
+
 def train(ready: Any, cfg: DictConfig, paradigm: Paradigm, link: Any, mlrun: Any):
-    """Source stages once, the target stages once per repeat (each from the same start), then
-    the results. Repeat 0's last stage feeds the sweep's pruner."""
+    """Source stages once, the target stages once per repeat (each from the same start, on its
+    own k-shot draw and seed: transfersweep.repeats), then the results. The first repeat's
+    last stage feeds the sweep's pruner."""
+    from transfersweep import repeats as repeats_mod
     from transfersweep import results, stages
 
     t0 = time.perf_counter()
     results.log_inputs(mlrun, cfg, ready)
     target_stages = stages.pretrain(ready, cfg, mlrun)
-    start = stages.snapshot(ready) if cfg.trainer.repeats > 1 else None
+    plan = repeats_mod.plan(cfg.trainer)
+    start = stages.snapshot(ready) if len(plan) > 1 else None
     pruning = link.pruning(cfg.pruner)
     repeats = []
-    for r in range(cfg.trainer.repeats):
-        if start is not None and r > 0:
+    for i, rep in enumerate(plan):
+        if start is not None and i > 0:
             stages.restore(ready, start)
-        report = pruning.report if pruning is not None and r == 0 else None
-        repeats.append(stages.repeat(ready, cfg, target_stages, r, mlrun, report))
+        report = pruning.report if pruning is not None and i == 0 else None
+        repeats.append(stages.repeat(ready, cfg, target_stages, rep, mlrun, report))
     seconds = time.perf_counter() - t0
     return results.log(mlrun, link, cfg, paradigm, ready, repeats, seconds)
 

@@ -7,7 +7,7 @@ its first Ct logits, so it stays comparable with the other regimes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from omegaconf import DictConfig
 
@@ -31,6 +31,11 @@ class TransferData:
         if data == StageData.source:
             return len(self._source().classes)
         return len(self.target.classes) + len(self._source().classes)
+
+    def drawn(self, d: int) -> TransferData:
+        """The same data with k-shot draw `d` of the target training images (splits.Splits.draw);
+        the source is never redrawn: it is pretrained on once and reused."""
+        return replace(self, target=self.target.draw(d))
 
     def _source(self) -> Splits:
         assert self.source is not None, "this regime loaded no source data"

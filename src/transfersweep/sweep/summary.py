@@ -13,7 +13,7 @@ import logging
 import math
 import tempfile
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,27 +27,43 @@ class Row:
     number: int
     state: str
     paradigm: Paradigm
-    val_acc: float | None
+    val_acc: float | None  # mean over the trial's repeats
     val_std: float | None
     test_acc: float | None
     test_std: float | None
     run_id: str
     params: dict[str, Any]
     error: str
+    val_ci: float | None = None  # 95 % t half-width (transfersweep.stats); None with one repeat
+    test_ci: float | None = None
+    repeat_val: dict[int, float] = field(default_factory=dict)  # repeat index -> val accuracy
+    repeat_test: dict[int, float] = field(default_factory=dict)
+    target_seconds: float | None = None  # the target stages per repeat: the paradigm's cost
 
     @property
     def cell(self) -> tuple[str, str]:
         return (self.paradigm.regime, self.paradigm.strategy)
 
+    @property
+    def n(self) -> int:
+        return len(self.repeat_val) or (1 if self.val_acc is not None else 0)
+
     def results(self) -> list[Any]:
         """The values of RESULT_COLUMNS, which both CSVs carry."""
         return [
-            self.paradigm.name, self.val_acc, self.val_std, self.test_acc, self.test_std,
-            self.run_id,
+            self.paradigm.name, self.val_acc, self.val_std, self.val_ci, self.test_acc,
+            self.test_std, self.test_ci, self.n, self.target_seconds, self.run_id,
         ]  # fmt: skip
 
 
-RESULT_COLUMNS = ["paradigm", "val_acc", "val_std", "test_acc", "test_std", "run_id"]
+RESULT_COLUMNS = [
+    "paradigm", "val_acc", "val_std", "val_ci95", "test_acc", "test_std", "test_ci95", "n",
+    "target_seconds", "run_id",
+]  # fmt: skip
+
+
+def _per_repeat(a: dict[str, Any], key: str) -> dict[int, float]:
+    return dict(zip(a.get("repeat_index", []), a.get(key, []), strict=False))
 
 
 def rows(study: Any) -> list[Row]:
@@ -59,13 +75,18 @@ def rows(study: Any) -> list[Row]:
                 number=t.number,
                 state=t.state.name,
                 paradigm=Paradigm.from_trial(a, t.params),
-                val_acc=a.get("val_acc", t.value),
+                val_acc=a.get("val_acc", t.values[0] if t.values else None),
                 val_std=a.get("val_std"),
                 test_acc=a.get("test_acc"),
                 test_std=a.get("test_std"),
                 run_id=a.get("run_id", ""),
                 params=dict(t.params),
                 error=a.get("error", ""),
+                val_ci=a.get("val_ci95"),
+                test_ci=a.get("test_ci95"),
+                repeat_val=_per_repeat(a, "repeat_val"),
+                repeat_test=_per_repeat(a, "repeat_test"),
+                target_seconds=a.get("target_seconds"),
             )
         )
     return out
@@ -93,17 +114,33 @@ def axes(best: dict[tuple[str, str], Row]) -> tuple[list[str], list[str]]:
     return regimes, catalogue + sorted(present - set(catalogue))
 
 
-def _pm(mean: float | None, std: float | None) -> str:
+def _pm(mean: float | None, ci: float | None) -> str:
     if mean is None:
         return "-"
-    return f"{mean:.3f} ± {std:.3f}" if std is not None else f"{mean:.3f}"
+    return f"{mean:.3f} ± {ci:.3f}" if ci is not None else f"{mean:.3f}"
 
 
-def table_markdown(best: dict[tuple[str, str], Row]) -> str:
+def _cell(r: Row, status: str | None) -> str:
+    variant = r.paradigm.variant if r.paradigm.variant != r.paradigm.strategy else ""
+    mark = f" **{status}**" if status in ("winner", "tied") else ""
+    return (
+        f"{_pm(r.val_acc, r.val_ci)} ({_pm(r.test_acc, r.test_ci)}) n={r.n} #{r.number}"
+        + (f" {variant}" if variant else "")
+        + mark
+    )
+
+
+HEADER = (
+    "Target validation accuracy of each paradigm's best trial (test accuracy of the same trial "
+    "in brackets): mean ± 95 % CI half-width over n repeats (k-shot draws and seeds); "
+    "**winner** and the paradigms **tied** with it by the verdict below."
+)
+
+
+def table_markdown(best: dict[tuple[str, str], Row], verdict: Any = None) -> str:
     regimes, freezes = axes(best)
     lines = [
-        "Best target validation accuracy per paradigm (test accuracy of the same trial in brackets; "
-        "mean ± std over trainer.repeats seeds).",
+        HEADER,
         "",
         "| regime \\ freeze | " + " | ".join(freezes) + " |",
         "|---|" + "---|" * len(freezes),
@@ -112,15 +149,27 @@ def table_markdown(best: dict[tuple[str, str], Row]) -> str:
         cells = []
         for f in freezes:
             r = best.get((g, f))
-            if r is None:
-                cells.append("-")
-                continue
-            variant = r.paradigm.variant if r.paradigm.variant != f else ""
-            cells.append(
-                f"{_pm(r.val_acc, r.val_std)} ({_pm(r.test_acc, r.test_std)}) #{r.number}"
-                + (f" {variant}" if variant else "")
-            )
+            c = verdict.status_of(r) if verdict is not None and r is not None else None
+            cells.append("-" if r is None else _cell(r, c.status if c else None))
         lines.append(f"| {g} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def confirmation_markdown(verdict: Any) -> str:
+    lines = [
+        "Confirmation: the best configuration of the top paradigms re-run on fresh repeats "
+        "(draws and seeds the search never used); these numbers decide the verdict.",
+        "",
+        "| paradigm | val | test | n | p (Holm) | verdict | run |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for c in verdict.comparisons:
+        r = c.row
+        p = "-" if c.p_holm is None else f"{c.p_holm:.3g}"
+        lines.append(
+            f"| {r.paradigm.name} | {_pm(r.val_acc, r.val_ci)} | {_pm(r.test_acc, r.test_ci)} | "
+            f"{r.n} | {p} | {c.status} | {r.run_id} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -131,33 +180,76 @@ def _csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
         w.writerows(rows)
 
 
-def write(study: Any, out_dir: Path) -> dict[str, Any]:
-    """Write summary files into out_dir; returns the headline numbers for the parent run."""
+def _verdict_columns(verdict: Any, r: Row) -> list[Any]:
+    c = verdict.status_of(r) if verdict is not None else None
+    if c is None:
+        return ["", "", ""]
+    return [
+        c.paired.p if c.paired.p is not None else "",
+        c.p_holm if c.p_holm is not None else "",
+        c.status,
+    ]
+
+
+VERDICT_COLUMNS = ["p_value", "p_holm", "verdict"]
+
+
+@dataclass
+class Summary:
+    trials: list[Row]
+    best: dict[tuple[str, str], Row]
+    verdict: Any  # verdict.Verdict: of the confirmation runs when there are any
+    markdown: str  # the paradigm table (+ the confirmation table) + the verdict
+
+    @property
+    def complete(self) -> list[Row]:
+        return [r for r in self.trials if r.state == "COMPLETE" and r.val_acc is not None]
+
+
+def build(study: Any, confirmed: list[Row] | None = None) -> Summary:
+    from transfersweep.sweep import verdict as verdict_mod
+
     trials = rows(study)
     best = best_per_cell(trials)
-    (out_dir / "paradigm_table.md").write_text(table_markdown(best), encoding="utf-8")
+    search = verdict_mod.decide(list(best.values()))
+    final = verdict_mod.decide(confirmed, "confirmation") if confirmed else search
+    md = table_markdown(best, search)
+    if confirmed:
+        md += "\n" + confirmation_markdown(final)
+    md += f"\n**Verdict**: {final.text}\n"
+    return Summary(trials, best, final, md)
+
+
+def write(study: Any, out_dir: Path, confirmed: list[Row] | None = None) -> Summary:
+    """Write the summary files into out_dir."""
+    s = build(study, confirmed)
+    search = s.verdict if not confirmed else None
+    (out_dir / "paradigm_table.md").write_text(s.markdown, encoding="utf-8")
     _csv(
         out_dir / "paradigm_table.csv",
-        ["regime", "freeze", "best_trial", *RESULT_COLUMNS],
-        [[g, f, r.number, *r.results()] for (g, f), r in sorted(best.items())],
+        ["regime", "freeze", "best_trial", *RESULT_COLUMNS, *VERDICT_COLUMNS],
+        [
+            [g, f, r.number, *r.results(), *_verdict_columns(search, r)]
+            for (g, f), r in sorted(s.best.items())
+        ],
     )
+    if confirmed:
+        _csv(
+            out_dir / "confirmation.csv",
+            ["confirms_trial", *RESULT_COLUMNS, *VERDICT_COLUMNS],
+            [
+                [c.row.number, *c.row.results(), *_verdict_columns(s.verdict, c.row)]
+                for c in s.verdict.comparisons
+            ],
+        )
     _csv(
         out_dir / "trials.csv",
         ["trial", "state", *RESULT_COLUMNS, "params", "error"],
-        [[r.number, r.state, *r.results(), r.params, r.error] for r in trials],
+        [[r.number, r.state, *r.results(), r.params, r.error] for r in s.trials],
     )
-    _plots(study, best, out_dir)
-    complete = [r for r in trials if r.state == "COMPLETE" and r.val_acc is not None]
-    head: dict[str, Any] = {
-        "n_trials": len(trials),
-        "n_complete": len(complete),
-        "n_failed": sum(r.state == "FAIL" for r in trials),
-        "n_pruned": sum(r.state == "PRUNED" for r in trials),
-    }
-    if complete:
-        top = max(complete, key=lambda r: r.val_acc)
-        head |= {"best": top}
-    return head
+    (out_dir / "verdict.txt").write_text(s.verdict.text + "\n", encoding="utf-8")
+    _plots(study, s.best, out_dir)
+    return s
 
 
 def _plots(study: Any, best: dict[tuple[str, str], Row], out_dir: Path) -> None:
@@ -178,7 +270,8 @@ def _plots(study: Any, best: dict[tuple[str, str], Row], out_dir: Path) -> None:
         for i, g in enumerate(regimes):
             for j, f in enumerate(freezes):
                 r = best.get((g, f))
-                text = "-" if r is None else _pm(r.val_acc, r.val_std).replace(" ± ", "\n± ")
+                text = "-" if r is None else _pm(r.val_acc, r.val_ci).replace(" ± ", "\n± ")
+                text += "" if r is None else f"\nn={r.n}"
                 ax.text(
                     j,
                     i,
@@ -188,7 +281,7 @@ def _plots(study: Any, best: dict[tuple[str, str], Row], out_dir: Path) -> None:
                     color="k" if r is None or r.val_acc >= 0.6 else "w",
                     fontsize=9,
                 )
-        ax.set_title("best target val accuracy per paradigm")
+        ax.set_title("best target val accuracy per paradigm (mean ± 95% CI)")
         fig.colorbar(im, ax=ax, fraction=0.04)
         fig.tight_layout()
         fig.savefig(out_dir / "paradigm_heatmap.png", dpi=110)
@@ -220,24 +313,32 @@ def _plots(study: Any, best: dict[tuple[str, str], Row], out_dir: Path) -> None:
             log.info("no parameter importance plot: %s", e)
 
 
-def log_to_parent(study: Any, parent: Any) -> str:
-    """Write the summary into the parent run (artifacts under summary/, headline metrics, tags);
-    returns the paradigm table (markdown)."""
+def log_to_parent(study: Any, parent: Any, confirmed: list[Row] | None = None) -> Summary:
+    """Write the summary into the parent run: artifacts under summary/, headline metrics, the
+    verdict as a tag and, with the tables, as the run's description (the MLflow run page)."""
     with tempfile.TemporaryDirectory() as tmp:
-        head = write(study, Path(tmp))
+        s = write(study, Path(tmp), confirmed)
         parent.log_dir(Path(tmp), "summary")
-        table = (Path(tmp) / "paradigm_table.md").read_text(encoding="utf-8")
-    parent.log_metrics({k: head[k] for k in ("n_trials", "n_complete", "n_failed", "n_pruned")})
-    if "best" in head:
-        b: Row = head["best"]
+    parent.log_metrics(
+        {
+            "n_trials": len(s.trials),
+            "n_complete": len(s.complete),
+            "n_failed": sum(r.state == "FAIL" for r in s.trials),
+            "n_pruned": sum(r.state == "PRUNED" for r in s.trials),
+        }
+    )
+    w = s.verdict.winner
+    if w is not None:
         parent.log_metrics(
             {
-                "best_val_acc": b.val_acc,
-                "best_test_acc": b.test_acc or math.nan,
-                "best_trial": b.number,
+                "best_val_acc": w.val_acc,
+                "best_val_ci95": w.val_ci if w.val_ci is not None else math.nan,
+                "best_test_acc": w.test_acc if w.test_acc is not None else math.nan,
+                "best_trial": w.number,
             }
         )
         parent.set_tags(
-            {"best_paradigm": b.paradigm.name, "best_run_id": b.run_id, "best_trial": str(b.number)}
+            {"best_paradigm": w.paradigm.name, "best_run_id": w.run_id, "best_trial": str(w.number)}
         )
-    return table
+    parent.set_tags({"verdict": s.verdict.text, "mlflow.note.content": s.markdown})
+    return s

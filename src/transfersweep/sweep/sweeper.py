@@ -233,7 +233,8 @@ class TransferSweeperImpl(StockOptunaSweeper):
         except ValueError:
             best = "no best yet"
         if isinstance(result, outcome.Complete):
-            spread = f" ± {attrs['val_std']:.4f}" if attrs.get("val_std") is not None else ""
+            ci = attrs.get("val_ci95")
+            spread = f" ± {ci:.4f} (95% CI, n={attrs['repeats']})" if ci is not None else ""
             shown = f"val_acc {result.value:.4f}{spread}"
         elif isinstance(result, outcome.Pruned):
             shown = f"PRUNED {result.reason}"
@@ -258,9 +259,10 @@ class TransferSweeperImpl(StockOptunaSweeper):
             return
         try:
             if self.write_summary:
-                table = summary.log_to_parent(workers.study, parent)
-                log.info("paradigm table (study %r):\n%s", workers.study_name, table)
+                s = summary.log_to_parent(workers.study, parent)
+                log.info("paradigm table (study %r):\n%s", workers.study_name, s.markdown)
                 log.info("MLflow: `make ui`, then %s", parent.ui_url())
+                log.info("verdict (study %r): %s", workers.study_name, s.verdict.text)
         finally:
             parent.flush()
             parent.client.set_terminated(parent.run_id, status=status)

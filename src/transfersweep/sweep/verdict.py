@@ -1,0 +1,95 @@
+"""The sweep's verdict: which paradigm wins, and which are tied with it.
+
+Each paradigm is represented by its best trial (the search) or by its confirmation run
+(transfersweep.sweep.confirm, fresh repeats: no winner's curse). The winner has the highest
+mean target val accuracy; every other paradigm is compared with it on the repeats both have
+(same k-shot draw and seed) by a paired t-test, Holm-adjusted over the comparisons
+(transfersweep.stats). "Tied" means no significant difference at 5 %, not proof of equality.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transfersweep import stats
+from transfersweep.sweep.summary import Row
+
+HOW_TO_TEST = (
+    "run the sweep with trainer.repeats>=5 (paired k-shot draws and seeds) or "
+    "hydra.sweeper.confirm.top_k>=2 to test it"
+)
+
+
+@dataclass
+class Comparison:
+    row: Row
+    paired: stats.Paired
+    p_holm: float | None
+    status: str  # winner | tied | worse | untested
+
+
+@dataclass
+class Verdict:
+    winner: Row | None
+    comparisons: list[Comparison] = field(default_factory=list)
+    source: str = "search"  # search | confirmation
+    text: str = "no completed trial: no verdict"
+
+    def status_of(self, row: Row) -> Comparison | None:
+        return next((c for c in self.comparisons if c.row is row), None)
+
+
+def _pm(r: Row) -> str:
+    if r.val_ci is None:
+        return f"val {r.val_acc:.3f}, n={r.n}"
+    return f"val {r.val_acc:.3f} ± {r.val_ci:.3f}, n={r.n}"
+
+
+def decide(rows: list[Row], source: str = "search") -> Verdict:
+    """The verdict over one row per paradigm (val means and per-repeat values)."""
+    rows = [r for r in rows if r.val_acc is not None]
+    if not rows:
+        return Verdict(None)
+    winner = max(rows, key=lambda r: r.val_acc)
+    others = [r for r in rows if r is not winner]
+    tests = [stats.paired(winner.repeat_val, r.repeat_val) for r in others]
+    tested = [i for i, t in enumerate(tests) if t.p is not None]
+    adjusted = dict(zip(tested, stats.holm([tests[i].p for i in tested]), strict=True))
+    comparisons = [Comparison(winner, stats.Paired(winner.n, 0.0, None), None, "winner")]
+    for i, (r, t) in enumerate(zip(others, tests, strict=True)):
+        p = adjusted.get(i)
+        status = (
+            "untested" if p is None else ("worse" if p < stats.ALPHA and t.diff > 0 else "tied")
+        )
+        comparisons.append(Comparison(r, t, p, status))
+    v = Verdict(winner, comparisons, source)
+    v.text = _text(v)
+    return v
+
+
+def _text(v: Verdict) -> str:
+    assert v.winner is not None
+    where = " in the confirmation runs" if v.source == "confirmation" else ""
+    by = {s: [c for c in v.comparisons if c.status == s] for s in ("tied", "worse", "untested")}
+    if not by["tied"] and not by["worse"]:
+        return (
+            f"{v.winner.paradigm.name} ranks first{where} ({_pm(v.winner)}); the ranking is "
+            f"untested (fewer than {stats.MIN_PAIRED} paired repeats): {HOW_TO_TEST}"
+        )
+    parts = [f"{v.winner.paradigm.name} wins{where} ({_pm(v.winner)})"]
+    if by["tied"]:
+        tied = ", ".join(
+            f"{c.row.paradigm.name} (p={c.p_holm:.2g})"
+            for c in sorted(by["tied"], key=lambda c: -c.row.val_acc)
+        )
+        parts.append(f"tied with it: {tied}")
+    else:
+        parts.append("tied with it: none")
+    if by["worse"]:
+        worst_p = max(c.p_holm for c in by["worse"])
+        parts.append(f"worse: {len(by['worse'])} other(s) (Holm-adjusted p<={worst_p:.2g})")
+    if by["untested"]:
+        parts.append(
+            f"untested: {len(by['untested'])} (fewer than {stats.MIN_PAIRED} paired repeats)"
+        )
+    return "; ".join(parts)
