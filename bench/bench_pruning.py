@@ -19,6 +19,7 @@ ARGS = [
     "optimizer.lr=tag(log, interval(1e-5, 1e-1))",
     "hydra.sweeper.n_trials=10",
     "hydra.sweeper.study_name=prune",
+    "hydra.sweeper.confirm.top_k=0",  # the search alone is measured
     "pruner.n_startup_trials=3",
     "pruner.n_warmup_steps=5",
 ]

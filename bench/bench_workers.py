@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 TRIAL = [
     "-m", "sweep=paradigm", "backbone=tiny", "data.image_size=16", "trainer.source_epochs=1",
     "trainer.target_epochs=1", "trainer.device=cpu", "trainer.threads=1", "pruner.name=none",
-    "hydra.sweeper.study_name=bench",
+    "hydra.sweeper.study_name=bench", "hydra.sweeper.confirm.top_k=0",
 ]  # fmt: skip
 LOCK_WORDS = ("database is locked", "deadlock", "could not serialize", "duplicate key")
 

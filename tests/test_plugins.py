@@ -111,7 +111,7 @@ def test_own_strategy_and_regime_in_sweeps(plugin, outputs):
     # TPE: the strategy's own key is sampled over the range it declares, in its trials only.
     res = _cli(
         ["-m", "sweep=paradigm", *FAST, "regime=target_only", "freeze=head_first",
-         "hydra.sweeper.n_trials=2", "hydra.sweeper.study_name=tpe", f"paths.outputs={outputs}"],
+         "hydra.sweeper.n_trials=2", "hydra.sweeper.study_name=tpe", "hydra.sweeper.confirm.top_k=0", f"paths.outputs={outputs}"],
         plugin, outputs,
     )  # fmt: skip
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]

@@ -25,6 +25,7 @@ WORKER = [
     "trainer.target_epochs=1",
     "pruner.name=none",
     "hydra.sweeper.study_name=shared",
+    "hydra.sweeper.confirm.top_k=0",  # exact trial counts; confirmation: test_sweep.py
 ]
 
 

@@ -23,8 +23,14 @@ def _study(out, name):
     return optuna.load_study(study_name=name, storage=f"sqlite:///{out / 'optuna.db'}")
 
 
-def _children(found, parent_id):
-    return [r for r in found if r.data.tags.get("mlflow.parentRunId") == parent_id]
+def _children(found, parent_id, confirm=False):
+    """The parent's trial runs (or, confirm=True, its confirmation runs)."""
+    return [
+        r
+        for r in found
+        if r.data.tags.get("mlflow.parentRunId") == parent_id
+        and (r.data.tags.get("confirm") == "true") == confirm
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +44,8 @@ def sweep(tmp_path_factory):
         "search.freeze.last_blocks.n_blocks=[2,3]",  # narrows the strategy's declared 1..3
         "hydra.sweeper.n_trials=5",
         "hydra.sweeper.study_name=t",
+        "hydra.sweeper.confirm.top_k=3",
+        "hydra.sweeper.confirm.repeats=3",
         f"paths.outputs={out}",
     ]
     res = cli(args, cwd=out)
@@ -100,8 +108,13 @@ def test_mlflow_parent_with_nested_tagged_children_and_summary(sweep):
         "optimization_history.png",
         "trials.csv",
     } <= summary
-    assert parent.data.metrics["best_val_acc"] == pytest.approx(study.best_value)
-    assert parent.data.tags["best_trial"] == str(study.best_trial.number)
+    assert parent.data.metrics["search_best_val_acc"] == pytest.approx(study.best_value)
+    # the winner of the confirmation runs: one of them, and the best of them
+    confirms = _children(found, parent.info.run_id, confirm=True)
+    top = max(confirms, key=lambda c: c.data.metrics["val_acc"])
+    assert parent.data.metrics["best_val_acc"] == pytest.approx(top.data.metrics["val_acc"])
+    assert parent.data.tags["best_run_id"] == top.info.run_id
+    assert parent.data.tags["best_trial"] == top.data.tags["confirms_trial"]
     table = open(
         client.download_artifacts(parent.info.run_id, "summary/paradigm_table.md", str(out))
     ).read()
@@ -121,6 +134,44 @@ def test_repeats_are_paired_draws_identical_across_trials(sweep):
     assert all(t.user_attrs["repeat_index"] == [0, 1, 2] for t in _study(out, "t").trials)
 
 
+def test_confirmation_reruns_the_top_paradigms_on_fresh_repeats(sweep):
+    out, res, _ = sweep
+    client, found = runs(out)
+    (parent,) = [r for r in found if r.data.tags.get("transfersweep.role") == "sweep"]
+    study = _study(out, "t")
+    best = {}  # best trial per paradigm cell, as the summary picks it
+    for t in study.trials:
+        cell = (t.params["regime"], t.params["freeze"])
+        if cell not in best or t.value > best[cell].value:
+            best[cell] = t
+    top = sorted(best.values(), key=lambda t: (-t.value, t.number))[:3]
+    confirms = _children(found, parent.info.run_id, confirm=True)
+    assert sorted(int(c.data.tags["confirms_trial"]) for c in confirms) == sorted(
+        t.number for t in top
+    )
+    search_draws = set(study.trials[0].user_attrs["repeat_draw"])
+    import json
+
+    for c in confirms:
+        t = study.trials[int(c.data.tags["confirms_trial"])]
+        assert c.info.status == "FINISHED" and c.data.params["trainer.first_repeat"] == "1000"
+        assert c.data.params["optimizer.lr"] == str(t.params["optimizer.lr"])  # same configuration
+        assert (c.data.tags["regime"], c.data.tags["freeze"]) == (
+            t.params["regime"],
+            t.params["freeze"],
+        )
+        steps = sorted(h.step for h in client.get_metric_history(c.info.run_id, "repeat/val_acc"))
+        assert steps == [1000, 1001, 1002]  # fresh repeats: never used by the search
+        summary = client.download_artifacts(c.info.run_id, "summary.json", str(out / c.info.run_id))
+        draws = {x["draw"] for x in json.load(open(summary))["repeats"]}
+        assert len(draws) == 3 and not draws & search_draws
+    assert (
+        "confirmation: the best configuration of the top 3 paradigm(s)" in res.stdout + res.stderr
+    )
+    assert "in the confirmation runs" in parent.data.tags["verdict"]
+    assert "Confirmation:" in parent.data.tags["mlflow.note.content"]
+
+
 def test_verdict_p_values_match_a_paired_t_test_on_the_logged_repeats(sweep):
     import csv
 
@@ -129,8 +180,9 @@ def test_verdict_p_values_match_a_paired_t_test_on_the_logged_repeats(sweep):
     out, res, _ = sweep
     client, found = runs(out)
     (parent,) = [r for r in found if r.data.tags.get("transfersweep.role") == "sweep"]
-    path = client.download_artifacts(parent.info.run_id, "summary/paradigm_table.csv", str(out))
-    table = list(csv.DictReader(open(path)))
+    path = client.download_artifacts(parent.info.run_id, "summary/confirmation.csv", str(out))
+    table = list(csv.DictReader(open(path)))  # the verdict is the confirmation runs'
+    assert len(table) == 3
     (winner,) = [r for r in table if r["verdict"] == "winner"]
     assert float(winner["val_acc"]) == max(float(r["val_acc"]) for r in table)
 
@@ -284,6 +336,7 @@ def test_parallel_trials_with_the_joblib_launcher(tmp_path):
         "hydra.launcher.n_jobs=2",
         "hydra.sweeper.n_jobs=2",
         "hydra.sweeper.n_trials=4",
+        "hydra.sweeper.confirm.top_k=0",
         f"paths.outputs={tmp_path}",
     ]
     res = cli(args, cwd=tmp_path)
@@ -308,6 +361,7 @@ def test_submitit_local_launcher_runs_each_trial_as_its_own_job(tmp_path):
         "hydra/launcher=local",
         "hydra.sweeper.n_jobs=2",
         "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.confirm.top_k=0",
         f"paths.outputs={tmp_path}",
     ]
     res = cli(args, cwd=tmp_path)

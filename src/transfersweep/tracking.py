@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 UI_PORT = 5000
 _URL_PASSWORD = re.compile(r"(//[^:/@\s]+:)[^@/\s]+@")
 
+MAX_TAG = 8000  # MLflow's limit on a tag value (MAX_TAG_VAL_LENGTH)
+
 
 def redact(text: str) -> str:
     """Hide passwords in URLs (postgresql://user:secret@host -> user:***@host)."""
@@ -123,7 +125,7 @@ class Run:
         from mlflow.entities import RunTag
 
         self.client.log_batch(
-            self.run_id, tags=[RunTag(k, redact(str(v))[:5000]) for k, v in tags.items()]
+            self.run_id, tags=[RunTag(k, redact(str(v))[:MAX_TAG]) for k, v in tags.items()]
         )
 
     def log_dir(self, local_dir: Path, artifact_path: str) -> None:

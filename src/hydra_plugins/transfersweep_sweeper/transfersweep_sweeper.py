@@ -7,7 +7,7 @@ when a sweep is instantiated.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -15,6 +15,16 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from hydra_plugins.hydra_optuna_sweeper.config import Direction, OptunaSweeperConf
 from omegaconf import DictConfig
+
+
+@dataclass
+class ConfirmConf:
+    """After the search: re-run the best configuration of the top_k paradigms on `repeats`
+    fresh repeats (transfersweep.sweep.confirm); 0 turns it off."""
+
+    top_k: int = 0
+    repeats: int = 5
+    first_repeat: int = 1000  # fresh k-shot draws and seeds: the search uses 0 .. repeats-1
 
 
 @dataclass
@@ -34,6 +44,7 @@ class TransferSweeperConf(OptunaSweeperConf):
     # "stale" and run again). Same-host trials are judged at once by their process id.
     heartbeat_s: float = 30.0
     stale_after_s: float = 300.0
+    confirm: ConfirmConf = field(default_factory=ConfirmConf)
 
 
 ConfigStore.instance().store(

@@ -77,6 +77,17 @@ def overrides(
             rng.suggest(trial, name)
     if extend is not None:  # the user's own hydra.sweeper.custom_search_space hook
         extend(config, trial)
+    return replay(trial.params, space, strategy_of)
+
+
+def replay(
+    params: Mapping[str, Any], space: SearchSpace, strategy_of: Callable[[Any], type[Strategy]]
+) -> tuple[str, ...]:
+    """The job overrides of a trial with these sampled `params`: them, plus the sweep's fixed
+    values (a fixed strategy key only for the strategy that has it). The confirmation re-runs a
+    finished trial's configuration through this."""
+    strategy = strategy_of(params.get("freeze", space.fixed.get("freeze")))
+    own = {f"freeze.{k}" for k in strategy.keys()}
     fixed = {k: v for k, v in space.fixed.items() if not _strategy_key(k) or k in own}
-    params = dict(trial.params) | fixed
-    return tuple(f"{k}={v}" for k, v in params.items()) + tuple(space.fixed_overrides)
+    merged = dict(params) | fixed
+    return tuple(f"{k}={v}" for k, v in merged.items()) + tuple(space.fixed_overrides)

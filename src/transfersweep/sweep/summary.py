@@ -131,16 +131,20 @@ def _cell(r: Row, status: str | None) -> str:
 
 
 HEADER = (
-    "Target validation accuracy of each paradigm's best trial (test accuracy of the same trial "
-    "in brackets): mean ± 95 % CI half-width over n repeats (k-shot draws and seeds); "
-    "**winner** and the paradigms **tied** with it by the verdict below."
+    "Target validation accuracy of each paradigm's best trial in the search (test accuracy of "
+    "the same trial in brackets): mean ± 95 % CI half-width over n repeats (k-shot draws and "
+    "seeds)."
 )
 
 
 def table_markdown(best: dict[tuple[str, str], Row], verdict: Any = None) -> str:
+    """The regime x strategy table; `verdict` (of these rows) marks the winner and the tied."""
     regimes, freezes = axes(best)
+    marks = (
+        " **winner** and the paradigms **tied** with it by the verdict below." if verdict else ""
+    )
     lines = [
-        HEADER,
+        HEADER + marks,
         "",
         "| regime \\ freeze | " + " | ".join(freezes) + " |",
         "|---|" + "---|" * len(freezes),
@@ -213,7 +217,7 @@ def build(study: Any, confirmed: list[Row] | None = None) -> Summary:
     best = best_per_cell(trials)
     search = verdict_mod.decide(list(best.values()))
     final = verdict_mod.decide(confirmed, "confirmation") if confirmed else search
-    md = table_markdown(best, search)
+    md = table_markdown(best, None if confirmed else search)
     if confirmed:
         md += "\n" + confirmation_markdown(final)
     md += f"\n**Verdict**: {final.text}\n"
@@ -313,6 +317,17 @@ def _plots(study: Any, best: dict[tuple[str, str], Row], out_dir: Path) -> None:
             log.info("no parameter importance plot: %s", e)
 
 
+def _description(s: Summary) -> str:
+    """The run page's description: tables + verdict, the tables cut (never the verdict) to fit
+    one MLflow tag."""
+    from transfersweep.tracking import MAX_TAG
+
+    if len(s.markdown) <= MAX_TAG:
+        return s.markdown
+    tail = f"\n... (full tables: summary/paradigm_table.md)\n\n**Verdict**: {s.verdict.text}\n"
+    return s.markdown[: MAX_TAG - len(tail)] + tail
+
+
 def log_to_parent(study: Any, parent: Any, confirmed: list[Row] | None = None) -> Summary:
     """Write the summary into the parent run: artifacts under summary/, headline metrics, the
     verdict as a tag and, with the tables, as the run's description (the MLflow run page)."""
@@ -327,7 +342,9 @@ def log_to_parent(study: Any, parent: Any, confirmed: list[Row] | None = None) -
             "n_pruned": sum(r.state == "PRUNED" for r in s.trials),
         }
     )
-    w = s.verdict.winner
+    if s.complete:
+        parent.log_metrics({"search_best_val_acc": max(r.val_acc for r in s.complete)})
+    w = s.verdict.winner  # of the confirmation runs when there are any
     if w is not None:
         parent.log_metrics(
             {
@@ -340,5 +357,11 @@ def log_to_parent(study: Any, parent: Any, confirmed: list[Row] | None = None) -
         parent.set_tags(
             {"best_paradigm": w.paradigm.name, "best_run_id": w.run_id, "best_trial": str(w.number)}
         )
-    parent.set_tags({"verdict": s.verdict.text, "mlflow.note.content": s.markdown})
+    parent.set_tags(
+        {
+            "verdict": s.verdict.text,
+            "verdict_source": s.verdict.source,
+            "mlflow.note.content": _description(s),
+        }
+    )
     return s

@@ -4,7 +4,8 @@
     claim the next trials                      (workers.py: exact n_trials over all workers)
     run them                                   (sampling.py: parameters -> job overrides)
     record each outcome                        (outcome.py: complete / pruned / failed / ...)
-    summarise                                  (summary.py, by the last worker to stop)
+    confirm the top paradigms on fresh repeats (confirm.py, by the last worker to stop)
+    summarise, with the verdict                (summary.py, verdict.py)
 
 It keeps going when a trial fails (within a failure budget), ends with a clear message when
 nothing succeeds, and prints one progress line per trial. The stock Hydra Optuna sweeper
@@ -28,7 +29,8 @@ from transfersweep import tracking
 from transfersweep.errors import TransferSweepError
 from transfersweep.paradigm import Paradigm
 from transfersweep.strategies import Strategy
-from transfersweep.sweep import outcome, sampling, summary
+from transfersweep.sweep import confirm, outcome, sampling, summary
+from transfersweep.sweep.confirm import ConfirmSettings
 from transfersweep.sweep.hydra_optuna import SearchSpace, StockOptunaSweeper
 from transfersweep.sweep.storage import check_reachable, storage_url
 from transfersweep.sweep.workers import Workers
@@ -72,6 +74,7 @@ class TransferSweeperImpl(StockOptunaSweeper):
         summary: bool = True,
         heartbeat_s: float = 30.0,
         stale_after_s: float = 300.0,
+        confirm: Any = None,
     ) -> None:
         # The hook is resolved here, not through hydra.utils.instantiate (Hydra 1.4 would warn).
         super().__init__(
@@ -84,11 +87,18 @@ class TransferSweeperImpl(StockOptunaSweeper):
         self.write_summary = summary
         self.heartbeat_s, self.stale_after_s = heartbeat_s, stale_after_s
         self._strategies: dict[Any, type[Strategy]] = {}
+        self.confirm = ConfirmSettings(**(confirm or {}))
+        if self.confirm.top_k < 0 or self.confirm.repeats < 1 or self.confirm.first_repeat < 0:
+            log.error(
+                "error: hydra.sweeper.confirm=%s: use top_k >= 0 (0 = off), repeats >= 1 and "
+                "first_repeat >= 0", dict(confirm or {}),
+            )  # fmt: skip
+            sys.exit(2)
 
     def sweep(self, arguments: list[str]) -> None:
         space = self.search_space(arguments)
         workers, parent = self._open(arguments)
-        tally, status, batch = Tally(), "FINISHED", []
+        tally, status, batch, confirmed = Tally(), "FINISHED", [], None
         heartbeat = workers.heartbeat(self.heartbeat_s)
         try:
             while batch := workers.claim(self.n_jobs, self.n_trials, self._end_children(parent)):
@@ -103,13 +113,16 @@ class TransferSweeperImpl(StockOptunaSweeper):
                 if self._over_budget(tally, workers):
                     status = "FAILED"
                     break
+            batch = []
+            if status == "FINISHED":
+                confirmed = self._confirm(workers, space, parent)
         except BaseException as e:  # Ctrl-C / SIGTERM: the trials in flight end interrupted
             status = "KILLED"
             self._interrupted(workers, batch, parent, e)
             raise
         finally:
             heartbeat.stop()
-            self._summarise(workers, parent, status)
+            self._summarise(workers, parent, status, confirmed)
         self._finish(workers, tally, status)
 
     def _open(self, arguments: list[str]) -> tuple[Workers, Any]:
@@ -245,7 +258,20 @@ class TransferSweeperImpl(StockOptunaSweeper):
             workers.ended(), self.n_trials, trial.number, name, others, shown, best, seconds,
         )  # fmt: skip
 
-    def _summarise(self, workers: Workers, parent: Any, status: str) -> None:
+    def _confirm(self, workers: Workers, space: SearchSpace, parent: Any) -> list[Any] | None:
+        """The confirmation step (confirm.py), by the last worker to stop, with tracking on."""
+        if self.confirm.top_k == 0 or not self.write_summary or workers.others_running():
+            return None
+        if isinstance(parent, tracking.NoRun):
+            log.info("confirmation skipped: it reads its runs back from MLflow (tracking is off)")
+            return None
+        best = summary.best_per_cell(summary.rows(workers.study))
+        strategy_of = functools.partial(self._strategy_of, space)
+        return confirm.run(best, self.confirm, space, strategy_of, parent, self.launch) or None
+
+    def _summarise(
+        self, workers: Workers, parent: Any, status: str, confirmed: list[Any] | None = None
+    ) -> None:
         """The last worker to stop writes the summary and ends the parent run; a worker that
         stops while others still run trials leaves the parent RUNNING for them."""
         if isinstance(parent, tracking.NoRun):
@@ -259,7 +285,7 @@ class TransferSweeperImpl(StockOptunaSweeper):
             return
         try:
             if self.write_summary:
-                s = summary.log_to_parent(workers.study, parent)
+                s = summary.log_to_parent(workers.study, parent, confirmed)
                 log.info("paradigm table (study %r):\n%s", workers.study_name, s.markdown)
                 log.info("MLflow: `make ui`, then %s", parent.ui_url())
                 log.info("verdict (study %r): %s", workers.study_name, s.verdict.text)
