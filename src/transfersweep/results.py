@@ -126,7 +126,7 @@ def _log_checkpoint(mlrun: Any, cfg: DictConfig, inputs: Inputs, repeats: list[R
     """The best repeat's weights, as its strategy exports them (a plain timm state dict)."""
     from transfersweep import tracking
 
-    r, best = max(enumerate(repeats), key=lambda x: x[1].val_acc)  # first of equals
+    best = max(repeats, key=lambda r: r.val_acc)  # first of equals
     final = inputs.stages[-1]
     inputs.model.load_state_dict(best.last.best_state)
     tracking.save_checkpoint(
@@ -139,8 +139,10 @@ def _log_checkpoint(mlrun: Any, cfg: DictConfig, inputs: Inputs, repeats: list[R
             "classes": list(inputs.data.target.classes),
             "target_logits": len(inputs.data.target.classes),
             "stage": final.name,
-            "repeat": r,
+            "repeat": best.index,  # the MLflow step of its repeat/val_acc and repeat/test_acc
+            "draw": best.draw,
             "best_epoch": best.last.best_epoch,
             "val_acc": best.last.best_val_acc,
+            "test_acc": best.test_acc,
         },
     )

@@ -45,6 +45,10 @@ class TransferSweeperConf(OptunaSweeperConf):
     heartbeat_s: float = 30.0
     stale_after_s: float = 300.0
     confirm: ConfirmConf = field(default_factory=ConfirmConf)
+    # Register the verdict's winner in the MLflow Model Registry as a new version of
+    # `model_name` (null: the study's name) with alias `champion` (transfersweep.sweep.champion).
+    register_champion: bool = True
+    model_name: str | None = None
 
 
 ConfigStore.instance().store(

@@ -75,6 +75,8 @@ class TransferSweeperImpl(StockOptunaSweeper):
         heartbeat_s: float = 30.0,
         stale_after_s: float = 300.0,
         confirm: Any = None,
+        register_champion: bool = True,
+        model_name: str | None = None,
     ) -> None:
         # The hook is resolved here, not through hydra.utils.instantiate (Hydra 1.4 would warn).
         super().__init__(
@@ -88,6 +90,7 @@ class TransferSweeperImpl(StockOptunaSweeper):
         self.heartbeat_s, self.stale_after_s = heartbeat_s, stale_after_s
         self._strategies: dict[Any, type[Strategy]] = {}
         self.confirm = ConfirmSettings(**(confirm or {}))
+        self.register_champion, self.model_name = register_champion, model_name
         if self.confirm.top_k < 0 or self.confirm.repeats < 1 or self.confirm.first_repeat < 0:
             log.error(
                 "error: hydra.sweeper.confirm=%s: use top_k >= 0 (0 = off), repeats >= 1 and "
@@ -269,6 +272,31 @@ class TransferSweeperImpl(StockOptunaSweeper):
         strategy_of = functools.partial(self._strategy_of, space)
         return confirm.run(best, self.confirm, space, strategy_of, parent, self.launch) or None
 
+    def _champion(self, workers: Workers, parent: Any, verdict: Any) -> None:
+        """Register the winner (champion.py); a registry failure is logged, not fatal: the
+        sweep's results are already stored."""
+        from transfersweep.sweep import champion
+
+        name = self.model_name or workers.study_name
+        try:
+            version = champion.register(
+                parent.client, name, verdict.winner, verdict, workers.study_name
+            )
+        except Exception as e:
+            log.warning("champion: not registered (%s: %s)", type(e).__name__, e)
+            return
+        if version is not None:
+            parent.set_tags(
+                {
+                    "champion": f"models:/{name}/{version}",
+                    "champion_uri": f"models:/{name}@{champion.ALIAS}",
+                }
+            )
+            log.info(
+                "champion: python -m transfersweep.predict model=models:/%s@%s images=<folder>",
+                name, champion.ALIAS,
+            )  # fmt: skip
+
     def _summarise(
         self, workers: Workers, parent: Any, status: str, confirmed: list[Any] | None = None
     ) -> None:
@@ -288,6 +316,8 @@ class TransferSweeperImpl(StockOptunaSweeper):
                 s = summary.log_to_parent(workers.study, parent, confirmed)
                 log.info("paradigm table (study %r):\n%s", workers.study_name, s.markdown)
                 log.info("MLflow: `make ui`, then %s", parent.ui_url())
+                if self.register_champion and status == "FINISHED" and s.verdict.winner:
+                    self._champion(workers, parent, s.verdict)
                 log.info("verdict (study %r): %s", workers.study_name, s.verdict.text)
         finally:
             parent.flush()
