@@ -62,6 +62,22 @@ def test_verdict_calls_a_tie_a_tie_and_a_loss_a_loss():
     assert "untested: 1" in v.text
 
 
+def test_verdict_names_the_cheapest_paradigm_tied_with_the_winner():
+    winner = _row(0, "joint", "full", [0.90, 0.80, 0.95, 0.85, 0.88])
+    close = _row(1, "joint", "last_layer", [0.88, 0.84, 0.90, 0.86, 0.86])
+    far = _row(2, "target_only", "last_layer", [0.60, 0.52, 0.66, 0.58, 0.61])
+    winner.target_seconds, close.target_seconds, far.target_seconds = 35.0, 2.5, 0.5
+    v = decide([winner, close, far])
+    assert (
+        "cheapest of these: joint+last_layer (2.5 s per repeat against the winner's 35 s)" in v.text
+    )
+    close.target_seconds = 50.0
+    assert (
+        "the winner is also the cheapest of these (35 s per repeat)"
+        in decide([winner, close, far]).text
+    )
+
+
 def test_verdict_without_repeats_says_untested_and_how_to_test():
     v = decide([_row(0, "joint", "full", [0.9]), _row(1, "joint", "last_layer", [0.8])])
     assert "joint+full ranks first" in v.text and "untested" in v.text

@@ -373,3 +373,48 @@ def test_submitit_local_launcher_runs_each_trial_as_its_own_job(tmp_path):
     _, found = runs(tmp_path)
     assert sorted(r.data.tags.get("trial") for r in found if "trial" in r.data.tags) == ["0", "1"]
     assert all(r.info.status == "FINISHED" for r in found)
+
+
+def test_pareto_sweep_is_two_objective_with_its_front_on_the_parent(tmp_path):
+    args = [
+        "-m", "sweep=pareto", *FAST_SWEEP, "trainer.repeats=2", "hydra.sweeper.n_trials=4",
+        "hydra.sweeper.confirm.top_k=0", "hydra.sweeper.register_champion=false",
+        f"paths.outputs={tmp_path}",
+    ]  # fmt: skip
+    res = cli(args, cwd=tmp_path)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    study = _study(tmp_path, "digits-test_resnet-pareto")
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    for t in study.trials:  # the objectives: val accuracy and the target stages' seconds
+        assert t.values == pytest.approx([t.user_attrs["val_acc"], t.user_attrs["target_seconds"]])
+    client, found = runs(tmp_path)
+    (parent,) = [r for r in found if r.data.tags.get("transfersweep.role") == "sweep"]
+    import csv
+
+    path = client.download_artifacts(parent.info.run_id, "summary/pareto_front.csv", str(tmp_path))
+    front = {int(r["trial"]) for r in csv.DictReader(open(path))}
+    assert front == {t.number for t in study.best_trials}
+    names = {
+        a.path.rsplit("/", 1)[-1] for a in client.list_artifacts(parent.info.run_id, "summary")
+    }
+    assert "pareto_front.png" in names
+    assert "Pareto front:" in parent.data.tags["mlflow.note.content"]
+    assert "ranking is untested" in parent.data.tags["verdict"]  # 2 repeats: no paired test
+
+
+def test_objectives_that_do_not_fit_the_directions_exit_early(tmp_path):
+    res = cli(
+        ["-m", "sweep=pareto", *FAST_SWEEP, "hydra.sweeper.objectives=[val_acc]",
+         f"paths.outputs={tmp_path}"],
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert res.returncode == 2
+    assert "hydra.sweeper.objectives=['val_acc'] does not fit" in res.stdout + res.stderr
+    res = cli(
+        ["-m", "sweep=pareto", *FAST_SWEEP, "pruner.name=median", f"paths.outputs={tmp_path}"],
+        cwd=tmp_path,
+    )
+    assert (
+        res.returncode == 2
+        and "Optuna prunes single-objective studies only" in res.stdout + res.stderr
+    )

@@ -49,6 +49,10 @@ class TransferSweeperConf(OptunaSweeperConf):
     # `model_name` (null: the study's name) with alias `champion` (transfersweep.sweep.champion).
     register_champion: bool = True
     model_name: str | None = None
+    # What each of `direction`'s entries optimises: val_acc (the trial's objective) first, then
+    # trial attributes a run reports (target_seconds: the target stages' seconds per repeat).
+    # sweep=pareto: [val_acc, target_seconds] with direction [maximize, minimize].
+    objectives: list[str] = field(default_factory=lambda: ["val_acc"])
 
 
 ConfigStore.instance().store(

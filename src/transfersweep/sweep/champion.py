@@ -13,7 +13,9 @@ metrics go into the version's description and tags.
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +54,9 @@ def register(client: Any, name: str, winner: Any, verdict: Any, study: str) -> s
             run_id,
         )
         return None
-    with tempfile.TemporaryDirectory() as tmp:
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a clean sweep log
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "add type hints": we take any input
         ckpt = Path(client.download_artifacts(run_id, "checkpoint", tmp))
         model_dir = Path(tmp) / "model"
         mlflow.pyfunc.save_model(

@@ -14,8 +14,13 @@ from typing import Any, ClassVar
 
 @dataclass(frozen=True)
 class Complete:
-    value: float
+    value: float  # target val accuracy: the first objective
+    more: tuple[float, ...] = ()  # the other objectives of a multi-objective study
     kind: ClassVar[str] = "complete"
+
+    @property
+    def values(self) -> list[float]:
+        return [self.value, *self.more]
 
 
 @dataclass(frozen=True)

@@ -203,7 +203,8 @@ class Summary:
     trials: list[Row]
     best: dict[tuple[str, str], Row]
     verdict: Any  # verdict.Verdict: of the confirmation runs when there are any
-    markdown: str  # the paradigm table (+ the confirmation table) + the verdict
+    markdown: str  # the paradigm table (+ confirmation, + Pareto front) + the verdict
+    front: list[Row] = field(default_factory=list)  # multi-objective studies: the Pareto front
 
     @property
     def complete(self) -> list[Row]:
@@ -220,8 +221,37 @@ def build(study: Any, confirmed: list[Row] | None = None) -> Summary:
     md = table_markdown(best, None if confirmed else search)
     if confirmed:
         md += "\n" + confirmation_markdown(final)
+    front = pareto_front(study, trials)
+    if front:
+        md += "\n" + pareto_markdown(front)
     md += f"\n**Verdict**: {final.text}\n"
-    return Summary(trials, best, final, md)
+    return Summary(trials, best, final, md, front)
+
+
+def pareto_front(study: Any, trials: list[Row]) -> list[Row]:
+    """A multi-objective study's Pareto-optimal trials, cheapest first ([] otherwise)."""
+    if len(study.directions) < 2:
+        return []
+    numbers = {t.number for t in study.best_trials}
+    front = [r for r in trials if r.number in numbers]
+    return sorted(front, key=lambda r: (r.target_seconds or 0.0, -(r.val_acc or 0.0)))
+
+
+def pareto_markdown(front: list[Row]) -> str:
+    lines = [
+        "Pareto front: no other trial is both more accurate and cheaper (target val accuracy "
+        "against the target stages' training seconds per repeat).",
+        "",
+        "| trial | paradigm | val | test | n | seconds per repeat |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in front:
+        secs = "-" if r.target_seconds is None else f"{r.target_seconds:.1f}"
+        lines.append(
+            f"| #{r.number} | {r.paradigm.name} | {_pm(r.val_acc, r.val_ci)} | "
+            f"{_pm(r.test_acc, r.test_ci)} | {r.n} | {secs} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def write(study: Any, out_dir: Path, confirmed: list[Row] | None = None) -> Summary:
@@ -251,9 +281,43 @@ def write(study: Any, out_dir: Path, confirmed: list[Row] | None = None) -> Summ
         ["trial", "state", *RESULT_COLUMNS, "params", "error"],
         [[r.number, r.state, *r.results(), r.params, r.error] for r in s.trials],
     )
+    if s.front:
+        _csv(
+            out_dir / "pareto_front.csv",
+            ["trial", *RESULT_COLUMNS],
+            [[r.number, *r.results()] for r in s.front],
+        )
+        _pareto_plot(s.trials, s.front, out_dir / "pareto_front.png")
     (out_dir / "verdict.txt").write_text(s.verdict.text + "\n", encoding="utf-8")
     _plots(study, s.best, out_dir)
     return s
+
+
+def _pareto_plot(trials: list[Row], front: list[Row], path: Path) -> None:
+    """Every completed trial (accuracy against cost), the front joined and labelled."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = [r for r in trials if r.state == "COMPLETE" and r.target_seconds is not None]
+    fig, ax = plt.subplots(figsize=(8, 5))
+    ax.scatter([r.target_seconds for r in done], [r.val_acc for r in done], c="0.6", label="trials")
+    xs, ys = [r.target_seconds for r in front], [r.val_acc for r in front]
+    ax.plot(xs, ys, "o-", color="C3", label="Pareto front")
+    for r in front:
+        if r.val_ci is not None:
+            ax.errorbar(r.target_seconds, r.val_acc, yerr=r.val_ci, color="C3", capsize=3)
+        ax.annotate(f"#{r.number} {r.paradigm.name}", (r.target_seconds, r.val_acc), fontsize=8,
+                    xytext=(4, 4), textcoords="offset points")  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_xlabel("target stages: training seconds per repeat (log)")
+    ax.set_ylabel("target val accuracy (mean, 95% CI)")
+    ax.set_title("accuracy against training cost")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def _plots(study: Any, best: dict[tuple[str, str], Row], out_dir: Path) -> None:

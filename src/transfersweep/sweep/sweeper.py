@@ -77,6 +77,7 @@ class TransferSweeperImpl(StockOptunaSweeper):
         confirm: Any = None,
         register_champion: bool = True,
         model_name: str | None = None,
+        objectives: Any = ("val_acc",),
     ) -> None:
         # The hook is resolved here, not through hydra.utils.instantiate (Hydra 1.4 would warn).
         super().__init__(
@@ -91,6 +92,7 @@ class TransferSweeperImpl(StockOptunaSweeper):
         self._strategies: dict[Any, type[Strategy]] = {}
         self.confirm = ConfirmSettings(**(confirm or {}))
         self.register_champion, self.model_name = register_champion, model_name
+        self.objectives = list(objectives)
         if self.confirm.top_k < 0 or self.confirm.repeats < 1 or self.confirm.first_repeat < 0:
             log.error(
                 "error: hydra.sweeper.confirm=%s: use top_k >= 0 (0 = off), repeats >= 1 and "
@@ -100,6 +102,7 @@ class TransferSweeperImpl(StockOptunaSweeper):
 
     def sweep(self, arguments: list[str]) -> None:
         space = self.search_space(arguments)
+        self._check_objectives()
         workers, parent = self._open(arguments)
         tally, status, batch, confirmed = Tally(), "FINISHED", [], None
         heartbeat = workers.heartbeat(self.heartbeat_s)
@@ -145,7 +148,7 @@ class TransferSweeperImpl(StockOptunaSweeper):
             a.split("=", 1)[0]: a.split("=", 1)[1] for a in arguments if "=" in a
         }
         with workers.lock():
-            workers.open(self.sampler, self.directions()[0])
+            workers.open(self.sampler, self.directions())
             parent = (
                 tracking.open_parent(task_cfg, study_name, storage, searched)
                 if cfg.tracking.enabled
@@ -162,6 +165,24 @@ class TransferSweeperImpl(StockOptunaSweeper):
             tracking.redact(str(storage)), parent.run_id,
         )  # fmt: skip
         return workers, parent
+
+    def _check_objectives(self) -> None:
+        directions, objectives = self.directions(), self.objectives
+        problem = None
+        if len(directions) != len(objectives) or objectives[0] != "val_acc":
+            problem = (
+                f"hydra.sweeper.objectives={objectives} does not fit "
+                f"hydra.sweeper.direction={directions}: give one objective per direction, "
+                "val_acc first (e.g. objectives=[val_acc,target_seconds] direction=[maximize,minimize])"
+            )
+        elif len(directions) > 1 and self.config.pruner.name != "none":
+            problem = (
+                f"pruner.name={self.config.pruner.name} with {len(directions)} objectives: Optuna "
+                "prunes single-objective studies only; use pruner.name=none (sweep=pareto does)"
+            )
+        if problem:
+            log.error("error: %s", problem)
+            sys.exit(2)
 
     @staticmethod
     def _end_children(parent: Any):
@@ -202,9 +223,22 @@ class TransferSweeperImpl(StockOptunaSweeper):
         ]  # fmt: skip
         returns = self.launch(jobs)
         return [
-            outcome.from_job(ret, workers.last_report(t))
+            self._with_objectives(workers, t, outcome.from_job(ret, workers.last_report(t)))
             for t, ret in zip(batch, returns, strict=True)
         ]
+
+    def _with_objectives(self, workers: Workers, trial: Any, result: outcome.Outcome):
+        """A completed trial of a multi-objective study with its other objectives, read from
+        the attributes its run reported (results.py)."""
+        if not isinstance(result, outcome.Complete) or len(self.objectives) == 1:
+            return result
+        attrs = workers.attrs(trial)
+        missing = [k for k in self.objectives[1:] if not isinstance(attrs.get(k), (int, float))]
+        if missing:
+            return outcome.Failed(
+                f"the run reported no {', '.join(missing)} (hydra.sweeper.objectives)"
+            )
+        return outcome.Complete(result.value, tuple(float(attrs[k]) for k in self.objectives[1:]))
 
     def _over_budget(self, tally: Tally, workers: Workers) -> bool:
         over = (
@@ -233,6 +267,18 @@ class TransferSweeperImpl(StockOptunaSweeper):
             workers.study_name, reason,
         )  # fmt: skip
 
+    def _best_line(self, workers: Workers) -> str:
+        study = workers.study
+        if len(self.objectives) > 1:
+            return f"Pareto front: {len(study.best_trials)} trial(s)"
+        try:
+            b = study.best_trial
+        except ValueError:
+            return "no best yet"
+        return (
+            f"best {b.value:.4f} (#{b.number} {Paradigm.from_trial(b.user_attrs, b.params).name})"
+        )
+
     def _progress(self, workers: Workers, trial: Any, space: SearchSpace, result, seconds: float):
         attrs = workers.attrs(trial)
         chosen = space.fixed | trial.params
@@ -242,16 +288,14 @@ class TransferSweeperImpl(StockOptunaSweeper):
             for k, v in trial.params.items()
             if k not in ("regime", "freeze")
         )
-        try:
-            b = workers.study.best_trial
-            best_name = Paradigm.from_trial(b.user_attrs, b.params).name
-            best = f"best {b.value:.4f} (#{b.number} {best_name})"
-        except ValueError:
-            best = "no best yet"
+        best = self._best_line(workers)
         if isinstance(result, outcome.Complete):
             ci = attrs.get("val_ci95")
             spread = f" ± {ci:.4f} (95% CI, n={attrs['repeats']})" if ci is not None else ""
-            shown = f"val_acc {result.value:.4f}{spread}"
+            more = "".join(
+                f", {k} {v:.4g}" for k, v in zip(self.objectives[1:], result.more, strict=True)
+            )
+            shown = f"val_acc {result.value:.4f}{spread}{more}"
         elif isinstance(result, outcome.Pruned):
             shown = f"PRUNED {result.reason}"
         else:
@@ -338,13 +382,17 @@ class TransferSweeperImpl(StockOptunaSweeper):
                 workers.study_name, tally.failed, pruned, tally.first_error,
             )  # fmt: skip
             sys.exit(1)
-        best = study.best_trial
+        if len(self.objectives) == 1:
+            best = study.best_trial
+            result = {"name": "optuna", "best_params": best.params, "best_value": best.value}
+        else:  # as the stock sweeper writes a multi-objective result
+            result = {
+                "name": "optuna",
+                "solutions": [{"params": t.params, "values": t.values} for t in study.best_trials],
+            }
         os.makedirs(self.config.hydra.sweep.dir, exist_ok=True)  # absent when this ran no trial
         OmegaConf.save(
-            OmegaConf.create(
-                {"name": "optuna", "best_params": best.params, "best_value": best.value}
-            ),
-            f"{self.config.hydra.sweep.dir}/optimization_results.yaml",
+            OmegaConf.create(result), f"{self.config.hydra.sweep.dir}/optimization_results.yaml"
         )
         if status == "FAILED":
             sys.exit(1)

@@ -92,4 +92,24 @@ def _text(v: Verdict) -> str:
         parts.append(
             f"untested: {len(by['untested'])} (fewer than {stats.MIN_PAIRED} paired repeats)"
         )
+    if by["tied"] and (cheap := cheapest_tied(v)) is not None:
+        w = v.winner
+        if cheap is w:
+            parts.append(
+                f"the winner is also the cheapest of these ({w.target_seconds:.3g} s per repeat)"
+            )
+        else:
+            parts.append(
+                f"cheapest of these: {cheap.paradigm.name} ({cheap.target_seconds:.3g} s per repeat "
+                f"against the winner's {w.target_seconds:.3g} s)"
+            )
     return "; ".join(parts)
+
+
+def cheapest_tied(v: Verdict) -> Row | None:
+    """The cheapest (target-stage seconds per repeat) of the winner and the paradigms tied
+    with it; None when a cost is unknown."""
+    pool = [c.row for c in v.comparisons if c.status in ("winner", "tied")]
+    if any(r.target_seconds is None for r in pool):
+        return None
+    return min(pool, key=lambda r: r.target_seconds)

@@ -60,14 +60,14 @@ class Workers:
     def lock(self):
         return study_lock(self.storage, self.study_name)
 
-    def open(self, sampler: Any, direction: str) -> Any:
+    def open(self, sampler: Any, directions: list[str]) -> Any:
         """Create or load the study (call under the lock). Workers (and resumes) after the first
         reseed the sampler: with one seed, every worker's start-up trials would be the same."""
         self.study = optuna.create_study(
             study_name=self.study_name,
             storage=self.storage,
             sampler=sampler,
-            direction=direction,
+            directions=directions,
             load_if_exists=True,
         )
         store, sid = self.study._storage, self.study._study_id
@@ -167,7 +167,7 @@ class Workers:
         store = self.study._storage
         store.set_trial_user_attr(trial_id, "outcome", outcome.kind)
         if isinstance(outcome, Complete):
-            self._tell(trial_id, values=outcome.value)
+            self._tell(trial_id, values=outcome.values)
         elif isinstance(outcome, Pruned):
             self._tell(trial_id, state=State.PRUNED)
         else:
