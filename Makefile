@@ -7,11 +7,18 @@ BACKBONE ?= resnet18
 DATA ?= digits
 ARGS ?=
 STUDY ?=
-TRIALS ?= 12
-REPEATS ?= 1
+# make sweep: 6 search trials over 2 paired repeats each, then the top 2 paradigms confirmed on
+# 4 fresh repeats (about 15 minutes on 2 CPU cores; fewer trials with repeats beat many
+# single-seed ones). Target stages fixed at 20 epochs: the space's 40 doubles joint regimes.
+TRIALS ?= 6
+REPEATS ?= 2
+CONFIRM ?= 2
+CONFIRM_REPEATS ?= 4
 JOBS ?= 1
 # JOBS>1: that many trials at once in joblib worker processes (cores shared between them)
 PARALLEL = $(if $(filter-out 1,$(JOBS)),hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS) hydra.sweeper.n_jobs=$(JOBS))
+MODEL ?= models:/$(DATA)-$(BACKBONE)@champion
+IMAGES ?=
 HOST ?= 127.0.0.1
 PORT ?= 5000
 OUTPUTS ?= outputs
@@ -20,11 +27,11 @@ BACKEND ?= sqlite:///$(OUTPUTS)/server/mlflow.db
 ARTIFACTS ?= $(OUTPUTS)/server/artifacts
 
 .DEFAULT_GOAL := help
-.PHONY: help install check-venv train sweep grid ui server test test-fast bench lint format clean
+.PHONY: help install check-venv train sweep grid predict ui server test test-fast bench lint format clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-9s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-	@echo "  variables: BACKBONE=$(BACKBONE) DATA=$(DATA) STUDY=<name> TRIALS=$(TRIALS) REPEATS=$(REPEATS) JOBS=$(JOBS) ARGS='<overrides>' HOST=$(HOST) PORT=$(PORT) BACKEND=<db url>"
+	@echo "  variables: BACKBONE=$(BACKBONE) DATA=$(DATA) STUDY=<name> TRIALS=$(TRIALS) REPEATS=$(REPEATS) CONFIRM=$(CONFIRM) CONFIRM_REPEATS=$(CONFIRM_REPEATS) JOBS=$(JOBS) MODEL=$(MODEL) IMAGES=<folder> ARGS='<overrides>' HOST=$(HOST) PORT=$(PORT) BACKEND=<db url>"
 
 install: $(VENV)/.installed ## create .venv with everything (reuses a healthy one)
 
@@ -43,14 +50,18 @@ check-venv:
 train: install check-venv ## one run of the default paradigm on the embedded digits task
 	$(PY) -m transfersweep.train backbone=$(BACKBONE) data=$(DATA) $(ARGS)
 
-sweep: install check-venv ## Optuna search of the paradigm (STUDY=name resumes it, TRIALS=12)
+sweep: install check-venv ## search, confirmation, verdict, champion (STUDY=name resumes, TRIALS=6 REPEATS=2 CONFIRM=2)
 	$(PY) -m transfersweep.train -m sweep=paradigm backbone=$(BACKBONE) data=$(DATA) \
-		hydra.sweeper.n_trials=$(TRIALS) trainer.repeats=$(REPEATS) $(PARALLEL) \
+		hydra.sweeper.n_trials=$(TRIALS) trainer.repeats=$(REPEATS) trainer.target_epochs=20 \
+		hydra.sweeper.confirm.top_k=$(CONFIRM) hydra.sweeper.confirm.repeats=$(CONFIRM_REPEATS) $(PARALLEL) \
 		$(if $(STUDY),hydra.sweeper.study_name=$(STUDY)) $(ARGS)
 
-grid: install check-venv ## every regime x freeze cell once (REPEATS=3 for mean +- std)
+grid: install check-venv ## every regime x freeze cell once (REPEATS=5 for mean, CI and a verdict)
 	$(PY) -m transfersweep.train -m sweep=grid backbone=$(BACKBONE) data=$(DATA) \
 		trainer.repeats=$(REPEATS) $(PARALLEL) $(if $(STUDY),hydra.sweeper.study_name=$(STUDY)) $(ARGS)
+
+predict: install check-venv ## predictions.csv for IMAGES=<folder|file> with MODEL=<models:/name@champion|runs:/id|folder>
+	$(PY) -m transfersweep.predict model="$(MODEL)" images="$(IMAGES)" $(ARGS)
 
 ui: install ## MLflow UI on the default store (outputs/mlflow.db), bound to HOST=127.0.0.1
 	@echo "runs: http://$(HOST):$(PORT)/#/experiments/1/runs?workflowType=machine_learning"

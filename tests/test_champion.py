@@ -155,6 +155,7 @@ def test_predict_cli_writes_predictions_and_accuracy(swept, tmp_path):
     "args, match",
     [
         (["images=x"], "missing model=..."),
+        (["model=m", "images="], "missing images=..."),
         (["model=m", "images=/nonexistent/dir"], "images='/nonexistent/dir' does not exist"),
         (["model=m", "image=x"], "unknown argument 'image=x'"),
     ],

@@ -167,7 +167,7 @@ def _args(argv: Sequence[str]) -> dict[str, str]:
             )
         args[key] = value
     for key in ("model", "images"):
-        if key not in args:
+        if not args.get(key):
             raise ConfigError(
                 f"missing {key}=...: python -m transfersweep.predict model=... images=..."
             )
