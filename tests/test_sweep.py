@@ -418,3 +418,14 @@ def test_objectives_that_do_not_fit_the_directions_exit_early(tmp_path):
         res.returncode == 2
         and "Optuna prunes single-objective studies only" in res.stdout + res.stderr
     )
+
+
+def test_confirmation_must_use_fresh_repeats(tmp_path):
+    res = cli(
+        ["-m", "sweep=paradigm", *FAST_SWEEP, "trainer.repeats=3",
+         "hydra.sweeper.confirm.first_repeat=2", f"paths.outputs={tmp_path}"],
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert res.returncode == 2
+    assert "confirm.first_repeat=2 reuses the search's repeats 0..2" in res.stdout + res.stderr
+    assert not (tmp_path / "optuna.db").exists()  # refused before any study or run exists

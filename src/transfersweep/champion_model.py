@@ -19,12 +19,15 @@ from mlflow.pyfunc import PythonModel
 
 
 class ChampionModel(PythonModel):
+    # MLflow would wrap predict to validate inputs against its type hints (and warn that it has
+    # none): it takes paths, arrays or a DataFrame on purpose and checks them itself.
+    _skip_type_hint_validation = True
+
     def load_context(self, context: Any) -> None:
         from transfersweep.predict import Predictor
 
         self.predictor = Predictor(context.artifacts["weights"], context.artifacts["config"])
 
-    # No type hints here: MLflow would read them as an input schema.
     def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
         import numpy as np
         import pandas as pd

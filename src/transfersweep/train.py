@@ -77,6 +77,8 @@ def train(ready: Any, cfg: DictConfig, paradigm: Paradigm, link: Any, mlrun: Any
     results.log_inputs(mlrun, cfg, ready)
     target_stages = stages.pretrain(ready, cfg, mlrun)
     plan = repeats_mod.plan(cfg.trainer)
+    if len(plan) > 1 and cfg.trainer.repeat_over != "seed" and ready.data.target.k_shot is None:
+        log.info("data.target.k_shot=null: every repeat trains on all target images (seeds vary)")
     start = stages.snapshot(ready) if len(plan) > 1 else None
     pruning = link.pruning(cfg.pruner)
     repeats = []

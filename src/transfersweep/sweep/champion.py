@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -55,8 +54,7 @@ def register(client: Any, name: str, winner: Any, verdict: Any, study: str) -> s
         )
         return None
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a clean sweep log
-    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "add type hints": we take any input
+    with tempfile.TemporaryDirectory() as tmp:
         ckpt = Path(client.download_artifacts(run_id, "checkpoint", tmp))
         model_dir = Path(tmp) / "model"
         mlflow.pyfunc.save_model(

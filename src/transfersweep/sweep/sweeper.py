@@ -102,7 +102,7 @@ class TransferSweeperImpl(StockOptunaSweeper):
 
     def sweep(self, arguments: list[str]) -> None:
         space = self.search_space(arguments)
-        self._check_objectives()
+        self._check_settings()
         workers, parent = self._open(arguments)
         tally, status, batch, confirmed = Tally(), "FINISHED", [], None
         heartbeat = workers.heartbeat(self.heartbeat_s)
@@ -166,10 +166,21 @@ class TransferSweeperImpl(StockOptunaSweeper):
         )  # fmt: skip
         return workers, parent
 
-    def _check_objectives(self) -> None:
+    def _check_settings(self) -> None:
         directions, objectives = self.directions(), self.objectives
+        t, c = self.config.trainer, self.confirm
         problem = None
-        if len(directions) != len(objectives) or objectives[0] != "val_acc":
+        if (
+            c.top_k
+            and c.first_repeat < t.first_repeat + t.repeats
+            and c.first_repeat + c.repeats > t.first_repeat
+        ):
+            problem = (
+                f"hydra.sweeper.confirm.first_repeat={c.first_repeat} reuses the search's repeats "
+                f"{t.first_repeat}..{t.first_repeat + t.repeats - 1}: confirmation needs fresh ones; "
+                f"set it to {t.first_repeat + t.repeats} or more"
+            )
+        elif len(directions) != len(objectives) or objectives[0] != "val_acc":
             problem = (
                 f"hydra.sweeper.objectives={objectives} does not fit "
                 f"hydra.sweeper.direction={directions}: give one objective per direction, "
