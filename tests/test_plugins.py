@@ -92,7 +92,7 @@ def test_own_strategy_and_regime_in_sweeps(plugin, outputs):
     ).read()
     assert "| regime \\ freeze | last_layer | head_first |" in table
     assert re.search(
-        r"\| mine \| [\d.]+ \([\d.]+\) #\d \| [\d.]+ \([\d.]+\) #\d head_first2 \|", table
+        r"\| mine \| [\d.]+ \([\d.]+\) n=1 #\d \| [\d.]+ \([\d.]+\) n=1 #\d head_first2 \|", table
     )
     csv = open(
         client.download_artifacts(parent.info.run_id, "summary/paradigm_table.csv", str(outputs))

@@ -140,6 +140,8 @@ HEADER = (
 def table_markdown(best: dict[tuple[str, str], Row], verdict: Any = None) -> str:
     """The regime x strategy table; `verdict` (of these rows) marks the winner and the tied."""
     regimes, freezes = axes(best)
+    if verdict is not None and not any(c.status in ("tied", "worse") for c in verdict.comparisons):
+        verdict = None  # an untested ranking marks no winner
     marks = (
         " **winner** and the paradigms **tied** with it by the verdict below." if verdict else ""
     )
