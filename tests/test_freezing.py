@@ -16,13 +16,15 @@ from transfersweep.errors import ConfigError
 MODELS = {"cnn": ["backbone=tiny"], "vit": ["backbone=tiny_vit"]}
 
 
-def _train(kind: str, strategy: str, n_blocks: int = 1):
+def _train(kind: str, strategy: str, n_blocks: int = 1, **params):
     cfg = compose(FAST + MODELS[kind] + ["trainer.target_epochs=3", "optimizer.lr=0.01"])
     torch.manual_seed(0)
     model = timm.create_model(cfg.backbone.name, num_classes=5, **cfg.backbone.kwargs)
     data = data_mod.build(cfg, need_source=False)
-    params = {"n_blocks": n_blocks} if strategy == "last_blocks" else {}
-    plan = freezing.apply(model, strategies.create(strategy, **params), cfg.backbone.name)
+    params = params | ({"n_blocks": n_blocks} if strategy == "last_blocks" else {})
+    chosen = strategies.create(strategy, **params)
+    plan = freezing.apply(model, chosen, cfg.backbone.name)
+    first = chosen.phases(freezing.layout(model, cfg.backbone.name), 1)[0]
     before = {k: v.clone() for k, v in model.state_dict().items()}
     rt = engine.Runtime.from_cfg(cfg.trainer)
     prep = data_mod.Preprocess(model.pretrained_cfg["mean"], model.pretrained_cfg["std"])
@@ -34,6 +36,7 @@ def _train(kind: str, strategy: str, n_blocks: int = 1):
         rt,
         cfg,
         epochs=3,
+        frozen_stats=not first.norm_stats,
     )
     after = model.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
@@ -77,6 +80,63 @@ def test_last_blocks_changes_only_the_last_n_blocks(kind, n_blocks):
         assert frozen_buffers, "the frozen blocks have BatchNorm statistics to check"
     assert any(k in allowed for k in changed), "the unfrozen blocks did not train"
     assert plan.n_blocks == n_blocks and plan.total_blocks == len(blocks)
+
+
+def _only_in(model, changed, allowed: set[str]) -> None:
+    """Every changed key (parameter or BatchNorm buffer) sits in a module of `allowed`
+    parameters or the head; every other module is bit-identical."""
+    heads = classifier_prefixes(model)
+    trained_modules = {n.rsplit(".", 1)[0] for n in allowed}
+    for k in changed:
+        assert k.startswith(heads) or k.rsplit(".", 1)[0] in trained_modules, k
+
+
+@pytest.mark.parametrize("kind", ["cnn", "vit"])
+@pytest.mark.parametrize("block", [1, 3])
+def test_surgical_changes_only_its_block(kind, block):
+    model, plan, changed = _train(kind, "surgical", block=block)
+    blocks = freezing.blocks(model)
+    _only_in(model, changed, set(blocks[block - 1]))
+    assert any(k in blocks[block - 1] for k in changed), "the surgical block did not train"
+    assert plan.n_blocks == 1
+    if kind == "cnn":  # the frozen prefix's BatchNorm statistics are among what stayed put
+        prefix = {n.rsplit(".", 1)[0] for b in blocks[: block - 1] for n in b}
+        assert block == 1 or any(
+            k.rsplit(".", 1)[0] in prefix and "running_" in k for k in model.state_dict()
+        )
+
+
+@pytest.mark.parametrize("kind", ["cnn", "vit"])
+@pytest.mark.parametrize("strategy, params", [("lp_ft", {}), ("gradual", {"unfreeze_every": 3})])
+def test_first_phase_of_lp_ft_and_gradual_trains_the_head_alone(kind, strategy, params):
+    """LP-FT's probe and gradual unfreezing's first epochs leave the whole backbone exact."""
+    model, plan, changed = _train(kind, strategy, **params)
+    _only_in(model, changed, set())
+    assert changed and plan.n_blocks == 0
+
+
+@pytest.mark.parametrize("kind", ["cnn", "vit"])
+def test_bitfit_changes_only_biases_and_the_head(kind):
+    model, plan, changed = _train(kind, "bitfit")
+    heads = classifier_prefixes(model)
+    for k in changed:  # weights and BatchNorm running statistics are bit-identical
+        assert k.startswith(heads) or k.endswith(".bias"), k
+    assert any(k.endswith(".bias") and not k.startswith(heads) for k in changed)
+    assert plan.trainable < plan.total / 10
+    if kind == "cnn":
+        assert any("running_mean" in k for k in model.state_dict())
+
+
+@pytest.mark.parametrize("kind", ["cnn", "vit"])
+def test_norm_changes_only_normalisation_affines_and_the_head(kind):
+    from transfersweep.strategies.norm import norm_parameters
+
+    model, plan, changed = _train(kind, "norm")
+    heads = classifier_prefixes(model)
+    norms = norm_parameters(model)
+    for k in changed:  # running statistics are buffers, not parameters: they may not change
+        assert k.startswith(heads) or k in norms, k
+    assert any(k in norms for k in changed), "no normalisation layer trained"
 
 
 @pytest.mark.parametrize("kind", ["cnn", "vit"])

@@ -3,11 +3,13 @@ optimizer's groups, the cacheable prefix, and the paradigm value built from a co
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import timm
 import torch
 
-from conftest import FAST, compose
+from conftest import FAST, compose, runs
 from transfersweep import engine, freezing, strategies
 from transfersweep.paradigm import Paradigm
 
@@ -70,3 +72,55 @@ def test_export_is_the_state_dict_by_default():
     layout = _layout()
     state = strategies.create("full").export(layout.model)
     assert all(torch.equal(state[k], v) for k, v in layout.model.state_dict().items())
+
+
+@pytest.mark.parametrize("backbone", ["tiny", "tiny_vit"])
+@pytest.mark.parametrize(
+    "freeze",
+    [
+        ["freeze=surgical", "freeze.block=2"],
+        ["freeze=lp_ft", "freeze.probe_epochs=2"],
+        ["freeze=gradual", "freeze.unfreeze_every=1", "freeze.n_blocks=2"],
+        ["freeze=bitfit"],
+        ["freeze=norm"],
+    ],
+    ids=["surgical", "lp_ft", "gradual", "bitfit", "norm"],
+)
+def test_new_strategies_run_end_to_end(outputs, backbone, freeze):
+    from transfersweep import train
+
+    args = [*FAST, f"backbone={backbone}", "regime=target_only", "trainer.target_epochs=4"]
+    train.run(compose([*args, *freeze], outputs))
+    client, (r,) = runs(outputs)
+    name = freeze[0].split("=")[1]
+    assert r.info.status == "FINISHED" and r.data.tags["freeze"] == name
+    hist = client.get_metric_history(r.info.run_id, "target/params_trainable")
+    per_epoch = [h.value for h in sorted(hist, key=lambda h: h.step)]
+    assert len(per_epoch) == 4  # logged every epoch
+    if name == "gradual":  # head, +1 block, +2 blocks (then stays)
+        assert per_epoch[0] < per_epoch[1] < per_epoch[2] == per_epoch[3]
+    elif name == "lp_ft":  # 2 probe epochs on the head, then everything
+        assert per_epoch[0] == per_epoch[1] < per_epoch[2] == per_epoch[3]
+        assert r.data.tags["target/feature_cache"] == "on"  # the probe ran on cached features
+    else:
+        assert len(set(per_epoch)) == 1
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("freeze.block=99", "freeze.block=99 is out of range"),
+        ("freeze.block=0", "freeze.block=0 is invalid"),
+        ("freeze.probe_epochs=0", "freeze.probe_epochs=0 is invalid"),
+        ("freeze.probe_lr_scale=-1", "freeze.probe_lr_scale=-1.0 is invalid"),
+        ("freeze.unfreeze_every=0", "freeze.unfreeze_every=0 is invalid"),
+        ("freeze.n_blocks=many", "freeze.n_blocks='many' is invalid for strategy 'gradual'"),
+    ],
+)
+def test_new_strategy_keys_fail_clearly(outputs, override, message):
+    from transfersweep import train
+    from transfersweep.errors import ConfigError
+
+    strategy = {"block": "surgical", "probe": "lp_ft"}.get(override[7:12], "gradual")
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        train.run(compose([*FAST, f"freeze={strategy}", override], outputs))

@@ -429,3 +429,24 @@ def test_confirmation_must_use_fresh_repeats(tmp_path):
     assert res.returncode == 2
     assert "confirm.first_repeat=2 reuses the search's repeats 0..2" in res.stdout + res.stderr
     assert not (tmp_path / "optuna.db").exists()  # refused before any study or run exists
+
+
+def test_sweep_over_the_new_strategies_samples_their_own_keys(tmp_path):
+    args = [
+        "-m", "sweep=paradigm", *FAST_SWEEP, "regime=target_only", "trainer.target_epochs=3",
+        "freeze=surgical,lp_ft,gradual", "hydra.sweeper.n_trials=6",
+        "hydra.sweeper.confirm.top_k=0", "hydra.sweeper.register_champion=false",
+        "pruner.name=none", f"paths.outputs={tmp_path}",
+    ]  # fmt: skip
+    res = cli(args, cwd=tmp_path)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    study = _study(tmp_path, "digits-test_resnet")
+    own = {"surgical": {"freeze.block"}, "lp_ft": {"freeze.probe_epochs", "freeze.probe_lr_scale"},
+           "gradual": {"freeze.unfreeze_every"}}  # fmt: skip
+    seen = set()
+    for t in study.trials:
+        f = t.params["freeze"]
+        seen.add(f)
+        assert {k for k in t.params if k.startswith("freeze.")} == own[f]  # conditional keys
+        assert t.state == optuna.trial.TrialState.COMPLETE, t.user_attrs.get("error")
+    assert len(seen) >= 2

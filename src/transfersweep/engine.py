@@ -177,11 +177,13 @@ def fit(
     on_epoch: Callable[[EpochStats], None] | None = None,
     first_epoch: int = 1,
     lr_scales: Mapping[str, float] | None = None,
+    frozen_stats: bool = False,
 ) -> FitResult:
     """Train `model`'s trainable parameters for `epochs` at `lr` (default optimizer.lr), with
     the optimizer settings of cfg.optimizer; the returned best_state has the best val
     accuracy. Epochs are numbered from `first_epoch` (a stage's later phases go on counting);
-    with `eval_classes`, only the first that many logits count at evaluation."""
+    with `eval_classes`, only the first that many logits count at evaluation; `frozen_stats`
+    keeps every BatchNorm in eval mode."""
     lr = cfg.optimizer.lr if lr is None else lr
     steps = epochs * len(train)
     opt, sched = make_optimizer(
@@ -189,6 +191,10 @@ def fit(
     )
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.amp_dtype == torch.float16)
     frozen = freezing.frozen_modules(model)
+    if frozen_stats:  # every BatchNorm keeps its running statistics (strategies.Phase.norm_stats)
+        frozen += [
+            m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+        ]
     result = FitResult()
     for epoch in range(first_epoch, first_epoch + epochs):
         t0 = time.perf_counter()

@@ -76,28 +76,28 @@ def run(
             st.val_loss, st.val_acc, st.lr, st.images_per_s, st.seconds,
         )  # fmt: skip
         metrics = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_s")
-        mlrun.log_metrics({f"{prefix}/{m}": getattr(st, m) for m in metrics}, step=st.epoch)
+        values = {f"{prefix}/{m}": getattr(st, m) for m in metrics}
+        values[f"{prefix}/params_trainable"] = trainable  # per epoch: gradual unfreezing moves it
+        mlrun.log_metrics(values, step=st.epoch)
         if report is not None:
             report(st.val_acc, st.epoch)  # may raise optuna.TrialPruned
 
     pin = runtime.device.type == "cuda"
     best: StageResult | None = None
-    epoch = 1
+    epoch, trainable = 1, 0
     for i, phase in enumerate(phases):
         plan = freezing.set_trainable(inputs.layout, phase.trains)
+        trainable = plan.trainable
         log.info(
             "[%s] %d epochs on %s data | %s%s: %s of %s parameters train (%d/%d blocks + head)",
             prefix, phase.epochs, stage.data.value, stage.strategy.label(),
             f" {phase.name}" if phase.name else "", f"{plan.trainable:,}", f"{plan.total:,}",
             plan.n_blocks, plan.total_blocks,
         )  # fmt: skip
-        suffix = f"_{phase.name}" if len(phases) > 1 else ""
-        mlrun.log_metrics(
-            {
-                f"{prefix}/params_trainable{suffix}": plan.trainable,
-                f"{prefix}/params_total": plan.total,
-            }
-        )
+        counts = {f"{prefix}/params_total": plan.total}  # params_trainable: every epoch
+        if len(phases) > 1:
+            counts[f"{prefix}/params_trainable_{phase.name}"] = plan.trainable
+        mlrun.log_metrics(counts)
         train = data.train_batches(stage.data, cfg, seed=seed + i, pin_memory=pin)
         val = data.eval_batches(stage.data, "val", cfg, pin_memory=pin)
         fit_model, fit_prep, train, val = _with_feature_cache(
@@ -107,6 +107,7 @@ def run(
             fit_model, train, val, fit_prep, runtime, cfg, phase.epochs,
             lr=stage.lr * phase.lr_scale, eval_classes=stage.eval_classes, on_epoch=on_epoch,
             first_epoch=epoch, lr_scales=_scales_for(fit_model, model, lr_scales),
+            frozen_stats=not phase.norm_stats,
         )  # fmt: skip
         fit_model.load_state_dict(result.best_state)  # the next phase starts from the best
         best_is_last = best is None or result.best_val_acc > best.best_val_acc

@@ -5,6 +5,8 @@ configured one. See base.py for the questions a strategy answers, and the README
 ("Add a strategy") for a complete example.
 """
 
+import importlib
+
 from transfersweep.strategies.base import (
     Choice,
     FloatRange,
@@ -15,9 +17,11 @@ from transfersweep.strategies.base import (
 )
 from transfersweep.strategies.registry import create, from_config, get, names, register
 
-# The built-in strategies register themselves on import.
-# Registration order is the catalogue order (least to most trained), used for table columns.
-from transfersweep.strategies import last_layer, last_blocks, full  # noqa: E402, F401  isort: skip
+# The built-in strategies register themselves on import. Registration order is the catalogue
+# order (least to most trained), used for table columns.
+BUILT_IN = ("last_layer", "bitfit", "norm", "surgical", "last_blocks", "gradual", "lp_ft", "full")
+for _module in BUILT_IN:
+    importlib.import_module(f"transfersweep.strategies.{_module}")
 
 __all__ = [
     "Choice",

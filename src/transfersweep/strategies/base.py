@@ -118,6 +118,9 @@ class Phase:
     trains: frozenset[str]  # parameter names, classifier included
     lr_scale: float = 1.0  # of the stage's learning rate
     name: str = ""  # shown in the log when a stage has several phases
+    # False: BatchNorm layers normalise with their running statistics and keep them (eval mode)
+    # even where their affine parameters train, so only the named parameters change.
+    norm_stats: bool = True
 
 
 @dataclass
