@@ -124,3 +124,40 @@ def test_new_strategy_keys_fail_clearly(outputs, override, message):
     strategy = {"block": "surgical", "probe": "lp_ft"}.get(override[7:12], "gradual")
     with pytest.raises(ConfigError, match=re.escape(message)):
         train.run(compose([*FAST, f"freeze={strategy}", override], outputs))
+
+
+@pytest.mark.parametrize("name", ["test_resnet", "test_vit"])
+def test_layer_decay_is_in_the_optimizers_learning_rates(name):
+    """optimizer.layer_decay: the rates in the optimizer's groups fall by the factor per timm
+    layer from the head down (timm applies lr_scale only in its own schedulers; ours does it
+    in the groups themselves)."""
+    from timm.models import group_parameters
+
+    cfg = compose(FAST)
+    model = timm.create_model(name, num_classes=3)
+    layer_of = group_parameters(model, model.group_matcher(coarse=False), reverse=True)
+    last = max(layer_of.values())
+    opt, sched = engine.make_optimizer(
+        model, cfg.optimizer, 1e-3, 10, 0, engine.layer_decay_scales(model, 0.5)
+    )
+    lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    for n, p in model.named_parameters():
+        assert lr_of[id(p)] == pytest.approx(1e-3 * 0.5 ** (last - layer_of[n])), n
+    head = model.get_classifier().weight
+    assert lr_of[id(head)] == pytest.approx(1e-3) and last >= 3
+    opt.step()
+    sched.step()
+    ratio = {g["lr"] / g["initial_lr"] for g in opt.param_groups}
+    assert max(ratio) == pytest.approx(min(ratio))  # the schedule keeps the decay
+
+
+def test_layer_decay_end_to_end_and_a_bad_value(outputs):
+    from transfersweep import train
+    from transfersweep.errors import ConfigError
+
+    args = [*FAST, "backbone=tiny_vit", "regime=target_only", "optimizer.layer_decay=0.6"]
+    train.run(compose(args, outputs))
+    _, (r,) = runs(outputs)
+    assert r.info.status == "FINISHED" and r.data.params["optimizer.layer_decay"] == "0.6"
+    with pytest.raises(ConfigError, match=re.escape("optimizer.layer_decay=1.5")):
+        train.run(compose([*FAST, "optimizer.layer_decay=1.5"], outputs))

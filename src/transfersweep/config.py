@@ -87,6 +87,10 @@ class OptimizerConfig:
     momentum: float = 0.9  # sgd-type optimizers only
     scheduler: str = "cosine"  # cosine | none
     warmup_epochs: int = 0
+    # Layer-wise learning-rate decay in stages that see target data (BEiT / MAE recipes): the
+    # parameters of timm's fine-grained layer i train at lr x layer_decay^(last - i), the head
+    # at lr. 1.0 = off; sweep it with e.g. optimizer.layer_decay=interval(0.5,1.0).
+    layer_decay: float = 1.0
 
 
 @dataclass
@@ -257,6 +261,12 @@ def validate(cfg: DictConfig) -> None:
         "choose cosine or none",
     )
     _check(o.warmup_epochs >= 0, "optimizer.warmup_epochs", o.warmup_epochs, "use 0 or more")
+    _check(
+        0.0 < o.layer_decay <= 1.0,
+        "optimizer.layer_decay",
+        o.layer_decay,
+        "use a factor in (0, 1]; 1.0 turns layer-wise decay off",
+    )
     _check(
         len(cfg.regime.stages) >= 1,
         "regime.stages",

@@ -126,6 +126,16 @@ def evaluate(
     return (loss_sum.item() / max(n, 1), correct.item() / max(n, 1))
 
 
+def layer_decay_scales(model: torch.nn.Module, decay: float) -> dict[str, float]:
+    """Learning-rate multiplier per parameter name for layer-wise decay, computed as timm's
+    `param_groups_layer_decay` does (fine-grained `group_matcher` layers, the last one at 1)."""
+    from timm.models import group_parameters
+
+    layer_of = group_parameters(model, model.group_matcher(coarse=False), reverse=True)
+    last = max(layer_of.values())
+    return {name: decay ** (last - layer) for name, layer in layer_of.items()}
+
+
 def make_optimizer(
     model: torch.nn.Module,
     o: DictConfig,

@@ -68,6 +68,10 @@ def run(
     model.to(runtime.device)
     phases = [p for p in stage.strategy.phases(inputs.layout, stage.epochs) if p.epochs > 0]
     lr_scales = stage.strategy.lr_scales(inputs.layout)
+    decay = cfg.optimizer.layer_decay
+    if stage.on_target and decay != 1.0:  # layer-wise lr decay, times the strategy's scales
+        by_layer = engine.layer_decay_scales(model, decay)
+        lr_scales = {n: lr_scales.get(n, 1.0) * s for n, s in by_layer.items()}
 
     def on_epoch(st: engine.EpochStats) -> None:
         log.info(
