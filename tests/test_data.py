@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -164,3 +166,61 @@ def test_torchvision_dataset_missing_offline_is_clear(tmp_path):
     cfg = compose(["data=cifar10", f"data.source.root={tmp_path}"])
     with pytest.raises(DataError, match=r"CIFAR10 is not under data\.target\.root=.*download=true"):
         data_mod.build(cfg, need_source=False)
+
+
+@pytest.mark.parametrize("shift", ["rotate", "noise", "blur", "invert"])
+def test_ood_shifts_change_the_test_images_not_their_labels(shift):
+    cfg = compose(["data.image_size=16", f"data.target.ood={shift}"])
+    t = data_mod.build(cfg, need_source=False).target
+    again = data_mod.build(cfg, need_source=False).target
+    assert torch.equal(t.ood.labels, t.test.labels) and t.ood.images.dtype == torch.uint8
+    assert not torch.equal(t.ood.images, t.test.images)  # shifted
+    assert torch.equal(t.ood.images, again.ood.images)  # the same shifted images every run
+    milder = compose(
+        ["data.image_size=16", f"data.target.ood={shift}", "data.target.ood_severity=0.3"]
+    )
+    m = data_mod.build(milder, need_source=False).target
+    diff = lambda a: (a.ood.images.float() - a.test.images.float()).abs().mean()  # noqa: E731
+    assert diff(m) < diff(t)  # severity scales the shift
+    assert data_mod.build(compose(["data.image_size=16"]), False).target.ood is None
+
+
+def test_ood_root_is_scored_in_the_targets_classes(image_folder):
+    target = image_folder("t", {"a": 6, "b": 6})
+    shifted = image_folder("o", {"b": 3, "a": 2, "extra": 1}, seed=3)
+    cfg = compose(["data=imagefolder", "data.image_size=16", f"data.target.root={target}",
+                   f"data.target.ood_root={shifted}", "data.num_workers=0"])  # fmt: skip
+    t = data_mod.build(cfg, need_source=False).target
+    assert len(t.ood) == 5  # the target's classes only, with its label numbers
+    assert torch.bincount(t.ood.labels).tolist() == [2, 3]
+    missing = image_folder("m", {"a": 2})
+    with pytest.raises(DataError, match="data.target.ood_root.classes names 'b'"):
+        data_mod.build(
+            compose(
+                [
+                    "data=imagefolder",
+                    "data.image_size=16",
+                    f"data.target.root={target}",
+                    f"data.target.ood_root={missing}",
+                    "data.num_workers=0",
+                ]
+            ),  # fmt: skip
+            need_source=False,
+        )
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["data.target.ood=fog"], "data.target.ood='fog'"),
+        (["data.target.ood=rotate", "data.target.ood_root=/x"], "data.target.ood_root='/x'"),
+        (["data.target.ood=rotate", "data.target.ood_severity=0"], "data.target.ood_severity=0"),
+        (["data.source.ood=rotate"], "data.source.ood='rotate'"),
+    ],
+)
+def test_bad_ood_settings_are_config_errors(overrides, message):
+    from transfersweep.config import validate
+    from transfersweep.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate(compose(overrides))

@@ -434,7 +434,7 @@ def test_confirmation_must_use_fresh_repeats(tmp_path):
 def test_sweep_over_the_new_strategies_samples_their_own_keys(tmp_path):
     args = [
         "-m", "sweep=paradigm", *FAST_SWEEP, "regime=target_only", "trainer.target_epochs=3",
-        "freeze=surgical,lp_ft,gradual", "hydra.sweeper.n_trials=6",
+        "freeze=surgical,lp_ft,gradual", "hydra.sweeper.n_trials=6", "data.target.ood=rotate",
         "hydra.sweeper.confirm.top_k=0", "hydra.sweeper.register_champion=false",
         "pruner.name=none", f"paths.outputs={tmp_path}",
     ]  # fmt: skip
@@ -450,3 +450,13 @@ def test_sweep_over_the_new_strategies_samples_their_own_keys(tmp_path):
         assert {k for k in t.params if k.startswith("freeze.")} == own[f]  # conditional keys
         assert t.state == optuna.trial.TrialState.COMPLETE, t.user_attrs.get("error")
     assert len(seen) >= 2
+    # ood_acc (data.target.ood) in the paradigm table and both CSVs
+    client, found = runs(tmp_path)
+    (parent,) = [r for r in found if r.data.tags.get("transfersweep.role") == "sweep"]
+    import csv
+
+    for name in ("paradigm_table.csv", "trials.csv"):
+        path = client.download_artifacts(parent.info.run_id, f"summary/{name}", str(tmp_path))
+        rows = list(csv.DictReader(open(path)))
+        assert rows and all(0.0 <= float(r["ood_acc"]) <= 1.0 for r in rows)
+    assert "; ood 0." in parent.data.tags["mlflow.note.content"]

@@ -229,3 +229,21 @@ def test_repeat_over_seed_keeps_one_draw_and_first_repeat_gives_fresh_ones(outpu
         ]
     seed_only, fresh = draws["0"], draws["5"]
     assert len(set(seed_only)) == 1 and len(set(fresh)) == 2 and not set(fresh) & set(seed_only)
+
+
+def test_ood_acc_is_scored_every_repeat_and_reported(outputs):
+    import json
+
+    train.run(compose([*FAST, "trainer.repeats=2", "data.target.ood=invert"], outputs))
+    client, (r,) = runs(outputs)
+    m = r.data.metrics
+    hist = client.get_metric_history(r.info.run_id, "repeat/ood_acc")
+    assert sorted(h.step for h in hist) == [0, 1]
+    assert m["ood_acc"] == pytest.approx(sum(h.value for h in hist) / 2)
+    assert "ood_acc_ci95" in m and m["val_acc"] != m["ood_acc"]
+    summary = json.load(
+        open(client.download_artifacts(r.info.run_id, "summary.json", str(outputs)))
+    )
+    assert [x["ood_acc"] for x in summary["repeats"]] == pytest.approx(
+        [h.value for h in sorted(hist, key=lambda h: h.step)]
+    )

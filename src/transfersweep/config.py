@@ -38,6 +38,9 @@ class BackboneConfig:
     kwargs: dict[str, Any] = field(default_factory=dict)  # extra timm.create_model kwargs
 
 
+OOD_SHIFTS = ("rotate", "noise", "blur", "invert")  # data.target.ood (transfersweep.data.shifts)
+
+
 @dataclass
 class DatasetConfig:
     kind: str = MISSING  # digits | imagefolder | torchvision
@@ -46,6 +49,12 @@ class DatasetConfig:
     classes: list[Any] | None = None  # subset (and order) of classes; null = all
     k_shot: int | None = None  # at most k training images per class; null = all
     download: bool = False  # torchvision only
+    # Target only: score every run on an out-of-distribution test set too (`ood_acc`, reported,
+    # never optimised): a shifted copy of the test split (rotate | noise | blur | invert, at
+    # ood_severity; data.shifts), or a folder with the same class folders (ood_root).
+    ood: str | None = None
+    ood_severity: float = 1.0
+    ood_root: str | None = None
 
 
 @dataclass
@@ -230,6 +239,28 @@ def validate(cfg: DictConfig) -> None:
         "data.joint_target_share",
         d.joint_target_share,
         "use a share strictly between 0 and 1",
+    )
+    t_ = d.target
+    _check(
+        t_.ood is None or t_.ood in OOD_SHIFTS,
+        "data.target.ood",
+        t_.ood,
+        f"choose one of {', '.join(OOD_SHIFTS)} (or data.target.ood_root=<folder> for your own)",
+    )
+    _check(
+        not (t_.ood and t_.ood_root),
+        "data.target.ood_root",
+        t_.ood_root,
+        "give data.target.ood (a shift of the test split) or data.target.ood_root, not both",
+    )
+    _check(
+        t_.ood_severity > 0, "data.target.ood_severity", t_.ood_severity, "use a positive strength"
+    )
+    _check(
+        d.source.ood is None and d.source.ood_root is None,
+        "data.source.ood",
+        d.source.ood or d.source.ood_root,
+        "out-of-distribution scoring is for the target: use data.target.ood",
     )
     for side in ("source", "target"):
         k = d[side].k_shot

@@ -25,6 +25,7 @@ from transfersweep.sweep.trial import TrialLink
 class Outcome:
     val: stats.Estimate  # over repeats; val.mean is the objective
     test: stats.Estimate
+    ood: stats.Estimate | None  # data.target.ood: the out-of-distribution test set
     seconds: float  # the whole run after set-up: source stages and every repeat
     target_seconds: float  # the target stages, per repeat (mean): the paradigm's training cost
     repeats: list[RepeatResult]
@@ -70,9 +71,14 @@ def log(
     vals = [r.val_acc for r in repeats]
     tests = [r.test_acc for r in repeats]
     target_seconds = statistics.fmean(r.seconds for r in repeats)
-    out = Outcome(stats.estimate(vals), stats.estimate(tests), seconds, target_seconds, repeats)
+    oods = [r.ood_acc for r in repeats if r.ood_acc is not None]
+    ood = stats.estimate(oods) if oods else None
+    out = Outcome(
+        stats.estimate(vals), stats.estimate(tests), ood, seconds, target_seconds, repeats
+    )
     metrics = {"run_seconds": out.seconds, "target_seconds": out.target_seconds}
-    for name, e in (("val_acc", out.val), ("test_acc", out.test)):
+    named = [("val_acc", out.val), ("test_acc", out.test)] + ([("ood_acc", ood)] if ood else [])
+    for name, e in named:
         metrics |= {name: e.mean, f"{name}_std": e.std, f"{name}_n": e.n}
         if e.ci95 is not None:
             metrics |= {f"{name}_ci95": e.ci95}
@@ -82,12 +88,12 @@ def log(
             "paradigm": paradigm.to_dict() | {"name": paradigm.name},
             "backbone": cfg.backbone.name,
             "data": cfg.data.name,
-            **{name: _estimate_dict(e) for name, e in (("val_acc", out.val), ("test_acc", out.test))},
+            **{name: _estimate_dict(e) for name, e in named},
             "confidence": f"{stats.LEVEL:.0%} Student t interval of the mean over repeats",
             "repeat_over": cfg.trainer.repeat_over,
             "repeats": [
                 {"index": r.index, "draw": r.draw, "val_acc": r.val_acc, "test_acc": r.test_acc,
-                 "seconds": r.seconds}
+                 "ood_acc": r.ood_acc, "seconds": r.seconds}
                 for r in repeats
             ],
             "seconds": out.seconds,
@@ -105,6 +111,8 @@ def log(
             "test_acc": out.test.mean,
             "test_std": out.test.std if out.test.n > 1 else None,
             "test_ci95": out.test.ci95,
+            "ood_acc": ood.mean if ood else None,
+            "ood_ci95": ood.ci95 if ood else None,
             "repeats": len(repeats),
             # per repeat, for the sweep's paired comparisons
             "repeat_index": [r.index for r in repeats],

@@ -54,8 +54,9 @@ def run(cfg: DictConfig) -> float:
             out = memory_guard(cfg, "training", train, ready, cfg, paradigm, link, mlrun)
     where = f"MLflow run {mlrun.run_id} in {tracking.redact(mlrun.uri)} -> `make ui`, then {mlrun.ui_url()}"
     log.info(
-        "done: %s | %s on %s | target val_acc %s  test_acc %s | %.0fs | %s",
+        "done: %s | %s on %s | target val_acc %s  test_acc %s%s | %.0fs | %s",
         paradigm, cfg.backbone.name, cfg.data.name, _pm(out.val), _pm(out.test),
+        f"  ood_acc {_pm(out.ood)}" if out.ood else "",
         out.seconds, where if cfg.tracking.enabled else "tracking off",
     )  # fmt: skip
     return float(out.val_acc)

@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 from transfersweep.config import StageData
 from transfersweep.data import sources, splits
 from transfersweep.data.batches import Batches, Preprocess
-from transfersweep.data.images import concat
+from transfersweep.data.images import ImageSet, concat
 from transfersweep.data.splits import Splits
 
 __all__ = ["Batches", "Preprocess", "Splits", "TransferData", "build"]
@@ -84,4 +84,37 @@ def build(cfg: DictConfig, need_source: bool) -> TransferData:
         return splits.split(pool, d.val_fraction, d.test_fraction, d.split_seed, ds.k_shot, name)
 
     target = side("target")
+    target.ood = _ood(d, target)
     return TransferData(target=target, source=side("source") if need_source else None)
+
+
+def _ood(d: DictConfig, target: Splits) -> ImageSet | None:
+    """The target's out-of-distribution test images: a shifted copy of its test split, or the
+    images of data.target.ood_root (all of its splits), in the target's classes."""
+    t = d.target
+    if t.ood:
+        from transfersweep.data import shifts
+        from transfersweep.data.images import TensorImages
+        from transfersweep.errors import DataError
+
+        test = target.test
+        if not isinstance(test, TensorImages):
+            raise DataError(
+                f"data.target.ood={t.ood} shifts images in memory, but the target test split is "
+                "read from disk (over data.memory_budget_mb): raise the budget, or give "
+                "data.target.ood_root=<folder of shifted images>"
+            )
+        return TensorImages(
+            shifts.apply(test.images, t.ood, t.ood_severity, seed=d.split_seed), test.labels
+        )
+    if t.ood_root:
+        ds = {"kind": "imagefolder", "root": t.ood_root, "classes": list(target.classes)}
+        pool = sources.load(
+            DictConfig(ds), "target.ood_root", d.image_size, d.memory_budget_mb, d.num_workers
+        )
+        parts = list(pool.parts.values())
+        out = parts[0]
+        for part in parts[1:]:
+            out = concat(out, part, b_label_offset=0)
+        return out
+    return None

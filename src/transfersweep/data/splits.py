@@ -35,6 +35,7 @@ class Splits:
     k_shot: int | None = None
     seed: int = 0
     draw_id: int = 0
+    ood: ImageSet | None = None  # out-of-distribution test images (data.target.ood / ood_root)
 
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}

@@ -99,6 +99,8 @@ def as_row(searched: Row, run: Any, client: Any) -> Row:
         repeat_val=_history(client, run.info.run_id, "repeat/val_acc"),
         repeat_test=_history(client, run.info.run_id, "repeat/test_acc"),
         target_seconds=m.get("target_seconds"),
+        ood_acc=m.get("ood_acc"),
+        ood_ci=m.get("ood_acc_ci95"),
         run_id=run.info.run_id,
     )
 

@@ -39,6 +39,8 @@ class Row:
     repeat_val: dict[int, float] = field(default_factory=dict)  # repeat index -> val accuracy
     repeat_test: dict[int, float] = field(default_factory=dict)
     target_seconds: float | None = None  # the target stages per repeat: the paradigm's cost
+    ood_acc: float | None = None  # data.target.ood: out-of-distribution test accuracy (reported)
+    ood_ci: float | None = None
 
     @property
     def cell(self) -> tuple[str, str]:
@@ -52,13 +54,14 @@ class Row:
         """The values of RESULT_COLUMNS, which both CSVs carry."""
         return [
             self.paradigm.name, self.val_acc, self.val_std, self.val_ci, self.test_acc,
-            self.test_std, self.test_ci, self.n, self.target_seconds, self.run_id,
+            self.test_std, self.test_ci, self.ood_acc, self.ood_ci, self.n, self.target_seconds,
+            self.run_id,
         ]  # fmt: skip
 
 
 RESULT_COLUMNS = [
-    "paradigm", "val_acc", "val_std", "val_ci95", "test_acc", "test_std", "test_ci95", "n",
-    "target_seconds", "run_id",
+    "paradigm", "val_acc", "val_std", "val_ci95", "test_acc", "test_std", "test_ci95", "ood_acc",
+    "ood_ci95", "n", "target_seconds", "run_id",
 ]  # fmt: skip
 
 
@@ -87,6 +90,8 @@ def rows(study: Any) -> list[Row]:
                 repeat_val=_per_repeat(a, "repeat_val"),
                 repeat_test=_per_repeat(a, "repeat_test"),
                 target_seconds=a.get("target_seconds"),
+                ood_acc=a.get("ood_acc"),
+                ood_ci=a.get("ood_ci95"),
             )
         )
     return out
@@ -120,11 +125,17 @@ def _pm(mean: float | None, ci: float | None) -> str:
     return f"{mean:.3f} ± {ci:.3f}" if ci is not None else f"{mean:.3f}"
 
 
+def _test(r: Row) -> str:
+    """Test accuracy, and out-of-distribution accuracy when the run scored one."""
+    ood = f"; ood {_pm(r.ood_acc, r.ood_ci)}" if r.ood_acc is not None else ""
+    return _pm(r.test_acc, r.test_ci) + ood
+
+
 def _cell(r: Row, status: str | None) -> str:
     variant = r.paradigm.variant if r.paradigm.variant != r.paradigm.strategy else ""
     mark = f" **{status}**" if status in ("winner", "tied") else ""
     return (
-        f"{_pm(r.val_acc, r.val_ci)} ({_pm(r.test_acc, r.test_ci)}) n={r.n} #{r.number}"
+        f"{_pm(r.val_acc, r.val_ci)} ({_test(r)}) n={r.n} #{r.number}"
         + (f" {variant}" if variant else "")
         + mark
     )
@@ -173,7 +184,7 @@ def confirmation_markdown(verdict: Any) -> str:
         r = c.row
         p = "-" if c.p_holm is None else f"{c.p_holm:.3g}"
         lines.append(
-            f"| {r.paradigm.name} | {_pm(r.val_acc, r.val_ci)} | {_pm(r.test_acc, r.test_ci)} | "
+            f"| {r.paradigm.name} | {_pm(r.val_acc, r.val_ci)} | {_test(r)} | "
             f"{r.n} | {p} | {c.status} | {r.run_id} |"
         )
     return "\n".join(lines) + "\n"
