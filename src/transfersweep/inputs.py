@@ -60,9 +60,7 @@ def load(cfg: DictConfig, parallel_jobs: int = 1) -> Inputs:
     model.to(runtime.device)
     if runtime.channels_last:
         model.to(memory_format=torch.channels_last)
-    mean = model.pretrained_cfg.get("mean", (0.5,) * 3)
-    std = model.pretrained_cfg.get("std", (0.5,) * 3)
-    preprocess = data_mod.Preprocess(mean, std, augment=cfg.data.augment).to(runtime.device)
+    preprocess = data_mod.Preprocess.for_model(model, cfg.data.augment).to(runtime.device)
     log.info(
         "backbone %s | data %s: target %s%s | device %s%s%s",
         cfg.backbone.name,

@@ -50,9 +50,7 @@ class Predictor:
         self.model = backbone.create(cfg, int(info.num_classes))
         self.model.load_state_dict(load_file(str(weights)), strict=True)
         self.model.to(self.device).eval()
-        mean = self.model.pretrained_cfg.get("mean", (0.5,) * 3)
-        std = self.model.pretrained_cfg.get("std", (0.5,) * 3)
-        self.prep = Preprocess(mean, std).to(self.device)
+        self.prep = Preprocess.for_model(self.model).to(self.device)
         self.info = OmegaConf.to_container(info)
 
     @classmethod
@@ -98,15 +96,13 @@ class Predictor:
 
 def image_files(root: Path) -> tuple[list[Path], list[str | None]]:
     """The images under `root` (sorted) and, when root has class sub-folders, their classes."""
-    from transfersweep.data.images import IMAGE_EXTENSIONS
+    from transfersweep.data.images import IMAGE_EXTENSIONS, list_image_files
 
     if root.is_file():
         return [root], [None]
     if not root.is_dir():
         raise ConfigError(f"images={str(root)!r} does not exist: give an image file or a folder")
-    files = sorted(
-        p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-    )
+    files = [Path(f) for f in list_image_files(root)]
     if not files:
         raise ConfigError(
             f"images={str(root)!r} holds no image files ({', '.join(IMAGE_EXTENSIONS)})"

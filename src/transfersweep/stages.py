@@ -254,7 +254,7 @@ def repeat(
     scores = {"repeat/val_acc": result.best_val_acc, "repeat/test_acc": test_acc}
     ood_acc = None
     if target.ood is not None:  # reported beside test_acc, never optimised
-        ood = Batches(target.ood, cfg.trainer.eval_batch_size, shuffle=False)
+        ood = inputs.data.eval_batches(final.data, "ood", cfg)
         _, ood_acc = engine.evaluate(
             inputs.model, ood, inputs.preprocess, inputs.runtime, n_classes
         )

@@ -64,7 +64,8 @@ class TransferData:
     def eval_batches(
         self, data: StageData, split: str, cfg: DictConfig, pin_memory: bool = False
     ) -> Batches:
-        """Evaluation batches; joint stages evaluate on the target (the objective)."""
+        """Evaluation batches of `split` (val, test, or the target's ood); joint stages evaluate
+        on the target (the objective)."""
         s = self._source() if data == StageData.source else self.target
         return Batches(
             getattr(s, split),

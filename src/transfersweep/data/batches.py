@@ -105,6 +105,12 @@ class Preprocess(torch.nn.Module):
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1) * 255)
         self.augment = augment
 
+    @classmethod
+    def for_model(cls, model: torch.nn.Module, augment: bool = False) -> Preprocess:
+        """The normalisation the timm model was pretrained with (0.5 / 0.5 when it has none)."""
+        cfg = model.pretrained_cfg
+        return cls(cfg.get("mean", (0.5,) * 3), cfg.get("std", (0.5,) * 3), augment=augment)
+
     def forward(self, x: torch.Tensor, train: bool = False) -> torch.Tensor:
         x = (x.float() - self.mean) / self.std
         if train and self.augment:

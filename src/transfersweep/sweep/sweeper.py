@@ -93,12 +93,6 @@ class TransferSweeperImpl(StockOptunaSweeper):
         self.confirm = ConfirmSettings(**(confirm or {}))
         self.register_champion, self.model_name = register_champion, model_name
         self.objectives = list(objectives)
-        if self.confirm.top_k < 0 or self.confirm.repeats < 1 or self.confirm.first_repeat < 0:
-            log.error(
-                "error: hydra.sweeper.confirm=%s: use top_k >= 0 (0 = off), repeats >= 1 and "
-                "first_repeat >= 0", dict(confirm or {}),
-            )  # fmt: skip
-            sys.exit(2)
 
     def sweep(self, arguments: list[str]) -> None:
         space = self.search_space(arguments)
@@ -170,7 +164,12 @@ class TransferSweeperImpl(StockOptunaSweeper):
         directions, objectives = self.directions(), self.objectives
         t, c = self.config.trainer, self.confirm
         problem = None
-        if (
+        if c.top_k < 0 or c.repeats < 1 or c.first_repeat < 0:
+            problem = (
+                f"hydra.sweeper.confirm={c}: use top_k >= 0 (0 = off), repeats >= 1 and "
+                "first_repeat >= 0"
+            )
+        elif (
             c.top_k
             and c.first_repeat < t.first_repeat + t.repeats
             and c.first_repeat + c.repeats > t.first_repeat
