@@ -48,6 +48,69 @@ def test_feature_cache_matches_the_uncached_path(tmp_path, regime, stage):
         assert cached.data.metrics[key] == pytest.approx(plain.data.metrics[key], abs=1e-6)
 
 
+def _cached_and_plain(tmp_path, args):
+    found = {}
+    for cache in ("true", "false"):
+        out = tmp_path / cache
+        train.run(compose([*args, f"trainer.feature_cache={cache}"], out))
+        found[cache] = runs(out)
+    (c1, (cached,)), (c2, (plain,)) = found["true"], found["false"]
+    return c1, cached, c2, plain
+
+
+@pytest.mark.parametrize(
+    "backbone, freeze, tag",
+    [
+        ("tiny", ["freeze=last_blocks", "freeze.n_blocks=1"], "feature_cache"),
+        ("tiny_vit", ["freeze=last_blocks", "freeze.n_blocks=1"], "feature_cache"),
+        ("tiny", ["freeze=surgical", "freeze.block=3"], "feature_cache"),
+        ("tiny_vit", ["freeze=surgical", "freeze.block=3"], "feature_cache"),
+        # gradual: the head on pooled features, then 1 and 2 blocks on cached activations
+        (
+            "tiny",
+            ["freeze=gradual", "freeze.unfreeze_every=1", "freeze.n_blocks=2"],
+            "feature_cache_top1",
+        ),
+    ],  # fmt: skip
+    ids=["cnn-last_blocks", "vit-last_blocks", "cnn-surgical", "vit-surgical", "cnn-gradual"],
+)
+def test_block_cache_matches_the_uncached_path(tmp_path, backbone, freeze, tag):
+    """Frozen leading blocks computed once: the same metrics, epoch by epoch, as the full
+    forward. Tolerance 1e-5: the prefix runs over eval-sized batches instead of training ones,
+    and float kernels may round differently by batch size (on this CPU they agree exactly)."""
+    args = [*FAST, f"backbone={backbone}", "regime=target_only", "trainer.target_epochs=4",
+            "optimizer.lr=0.01", "backbone.drop_rate=0.3", *freeze]  # fmt: skip
+    c1, cached, c2, plain = _cached_and_plain(tmp_path, args)
+    assert cached.data.tags[f"target/{tag}"].startswith("on: output of block ")
+    assert plain.data.tags[f"target/{tag}"].startswith("off: trainer.feature_cache=false")
+    for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
+        got, want = _history(c1, cached, f"target/{key}"), _history(c2, plain, f"target/{key}")
+        assert got == pytest.approx(want, abs=1e-5), key
+    for key in ("val_acc", "test_acc"):
+        assert cached.data.metrics[key] == pytest.approx(plain.data.metrics[key], abs=1e-6)
+
+
+def test_block_cache_fits_the_memory_budget_or_says_why(tmp_path):
+    """1.6 MB of float32 activations: stored as float16 under a 1 MB budget (metrics within
+    training noise), refused under 0 MB; a stochastic module in the frozen part refuses too."""
+    args = [*FAST, "data.image_size=32", "regime=target_only", "freeze=surgical",
+            "freeze.block=2", "trainer.target_epochs=3"]  # fmt: skip
+    train.run(compose([*args, "data.memory_budget_mb=1"], tmp_path / "half"))
+    _, (half,) = runs(tmp_path / "half")
+    assert half.data.tags["target/feature_cache"].startswith("on: output of block 1/5 (float16")
+    train.run(compose([*args, "data.memory_budget_mb=0"], tmp_path / "none"))
+    _, (none,) = runs(tmp_path / "none")
+    assert none.data.tags["target/feature_cache"].startswith("off: the output of block 1 takes")
+    assert "over data.memory_budget_mb=0" in none.data.tags["target/feature_cache"]
+    vit = [*FAST, "backbone=tiny_vit", "+backbone.kwargs.pos_drop_rate=0.2", "regime=target_only",
+           "freeze=last_blocks", "freeze.n_blocks=1"]  # fmt: skip
+    train.run(compose(vit, tmp_path / "vit"))
+    _, (r,) = runs(tmp_path / "vit")
+    assert r.data.tags["target/feature_cache"] == (
+        "off: the frozen blocks run 'pos_drop', which is random in training"
+    )
+
+
 def test_feature_cache_is_skipped_with_augmentation_and_says_why(outputs, caplog):
     caplog.set_level(logging.INFO, logger="transfersweep")
     train.run(

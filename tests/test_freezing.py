@@ -23,6 +23,7 @@ def _train(kind: str, strategy: str, n_blocks: int = 1, **params):
     data = data_mod.build(cfg, need_source=False)
     params = params | ({"n_blocks": n_blocks} if strategy == "last_blocks" else {})
     chosen = strategies.create(strategy, **params)
+    chosen.attach(freezing.layout(model, cfg.backbone.name))  # LoRA's adapters; else nothing
     plan = freezing.apply(model, chosen, cfg.backbone.name)
     first = chosen.phases(freezing.layout(model, cfg.backbone.name), 1)[0]
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -137,6 +138,39 @@ def test_norm_changes_only_normalisation_affines_and_the_head(kind):
     for k in changed:  # running statistics are buffers, not parameters: they may not change
         assert k.startswith(heads) or k in norms, k
     assert any(k in norms for k in changed), "no normalisation layer trained"
+
+
+@pytest.mark.parametrize("kind", ["cnn", "vit"])
+def test_lora_trains_only_adapters_and_merges_to_base_plus_scaled_ba(kind):
+    rank, alpha = 4, 12.0
+    model, plan, changed = _train(kind, "lora", rank=rank, alpha=alpha)
+    heads = classifier_prefixes(model)
+    state = model.state_dict()
+    bases = [k for k in state if ".base_layer." in k]
+    assert bases, "no layer got an adapter"
+    for k in changed:  # base weights (and BatchNorm statistics) bit-identical before merging
+        assert k.startswith(heads) or ".lora_" in k, k
+    assert any(".lora_A." in k for k in changed) and any(".lora_B." in k for k in changed)
+    assert plan.trainable < plan.total / 2
+    adapted = {k.split(".base_layer.")[0] for k in bases if k.endswith(".base_layer.weight")}
+    expected = {}
+    for layer in adapted:  # W0 + (alpha / rank) B A, by hand (a convolution's B is 1x1)
+        a, b = state[f"{layer}.lora_A.default.weight"], state[f"{layer}.lora_B.default.weight"]
+        ba = torch.einsum("or,r...->o...", b.flatten(1), a)
+        expected[f"{layer}.weight"] = state[f"{layer}.base_layer.weight"] + alpha / rank * ba
+    model.eval()
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        adapted_out = model(x)
+    strategies.create("lora").detach(model)
+    merged = model.state_dict()
+    plain = timm.create_model(model.pretrained_cfg["architecture"], num_classes=5,
+                              **({"img_size": 16} if kind == "vit" else {}))  # fmt: skip
+    assert set(merged) == set(plain.state_dict()), "not a plain timm state dict after merging"
+    for k, w in expected.items():
+        torch.testing.assert_close(merged[k], w, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), adapted_out, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("kind", ["cnn", "vit"])

@@ -55,7 +55,7 @@ def test_own_strategy_and_regime_run_end_to_end(plugin, outputs):
     assert r.data.params["freeze.head_epochs"] == "1"
     for stage in ("joint", "finetune"):  # both of the regime's stages, each in two phases
         assert m[f"{stage}/params_trainable_head"] < m[f"{stage}/params_trainable_all"]
-        assert tags[f"{stage}/feature_cache"] == "on"  # the head phase trains on cached features
+        assert tags[f"{stage}/feature_cache_head"] == "on"  # the head phase: cached features
         steps = [h.step for h in client.get_metric_history(r.info.run_id, f"{stage}/val_acc")]
         assert sorted(steps) == [1, 2]  # epochs go on counting across the phases
     log = res.stdout + res.stderr

@@ -68,10 +68,13 @@ def test_paradigm_is_a_value_built_and_read_in_one_place():
     assert Paradigm.from_trial({}, {"regime": "joint", "freeze": "full"}).name == "joint+full"
 
 
-def test_export_is_the_state_dict_by_default():
+def test_attach_and_detach_change_nothing_by_default():
     layout = _layout()
-    state = strategies.create("full").export(layout.model)
-    assert all(torch.equal(state[k], v) for k, v in layout.model.state_dict().items())
+    before = {k: v.clone() for k, v in layout.model.state_dict().items()}
+    assert strategies.create("full").attach(layout) is False
+    strategies.create("full").detach(layout.model)
+    after = layout.model.state_dict()
+    assert set(after) == set(before) and all(torch.equal(before[k], after[k]) for k in before)
 
 
 @pytest.mark.parametrize("backbone", ["tiny", "tiny_vit"])
@@ -83,8 +86,9 @@ def test_export_is_the_state_dict_by_default():
         ["freeze=gradual", "freeze.unfreeze_every=1", "freeze.n_blocks=2"],
         ["freeze=bitfit"],
         ["freeze=norm"],
+        ["freeze=lora", "freeze.rank=4"],
     ],
-    ids=["surgical", "lp_ft", "gradual", "bitfit", "norm"],
+    ids=["surgical", "lp_ft", "gradual", "bitfit", "norm", "lora"],
 )
 def test_new_strategies_run_end_to_end(outputs, backbone, freeze):
     from transfersweep import train
@@ -101,7 +105,7 @@ def test_new_strategies_run_end_to_end(outputs, backbone, freeze):
         assert per_epoch[0] < per_epoch[1] < per_epoch[2] == per_epoch[3]
     elif name == "lp_ft":  # 2 probe epochs on the head, then everything
         assert per_epoch[0] == per_epoch[1] < per_epoch[2] == per_epoch[3]
-        assert r.data.tags["target/feature_cache"] == "on"  # the probe ran on cached features
+        assert r.data.tags["target/feature_cache_probe"] == "on"  # probe on cached features
     else:
         assert len(set(per_epoch)) == 1
 
@@ -115,13 +119,20 @@ def test_new_strategies_run_end_to_end(outputs, backbone, freeze):
         ("freeze.probe_lr_scale=-1", "freeze.probe_lr_scale=-1.0 is invalid"),
         ("freeze.unfreeze_every=0", "freeze.unfreeze_every=0 is invalid"),
         ("freeze.n_blocks=many", "freeze.n_blocks='many' is invalid for strategy 'gradual'"),
+        ("freeze.rank=0", "freeze.rank=0 is invalid"),
+        ("freeze.alpha=-2", "freeze.alpha=-2.0 is invalid"),
+        ("freeze.dropout=1", "freeze.dropout=1.0 is invalid"),
+        ("freeze.target=attn", "freeze.target='attn' is invalid: choose one of auto, linear"),
+        # test_resnet has no linear layer outside its classifier
+        ("freeze.target=linear", "freeze=lora: test_resnet has no linear layers in its blocks"),
     ],
 )
 def test_new_strategy_keys_fail_clearly(outputs, override, message):
     from transfersweep import train
     from transfersweep.errors import ConfigError
 
-    strategy = {"block": "surgical", "probe": "lp_ft"}.get(override[7:12], "gradual")
+    strategy = {"block": "surgical", "probe": "lp_ft", "n_blo": "gradual", "unfre": "gradual"}
+    strategy = strategy.get(override[7:12], "lora")
     with pytest.raises(ConfigError, match=re.escape(message)):
         train.run(compose([*FAST, f"freeze={strategy}", override], outputs))
 
@@ -161,3 +172,26 @@ def test_layer_decay_end_to_end_and_a_bad_value(outputs):
     assert r.info.status == "FINISHED" and r.data.params["optimizer.layer_decay"] == "0.6"
     with pytest.raises(ConfigError, match=re.escape("optimizer.layer_decay=1.5")):
         train.run(compose([*FAST, "optimizer.layer_decay=1.5"], outputs))
+
+
+def test_lora_checkpoint_is_merged_and_loads_as_backbone_weights(outputs):
+    """A LoRA run on a ViT logs a plain timm state dict (adapters merged), which the next run
+    takes as backbone.weights; the run's adapters were on the attention and MLP layers."""
+    from safetensors.torch import load_file
+
+    from transfersweep import train
+
+    args = [*FAST, "backbone=tiny_vit", "regime=target_only"]
+    train.run(compose([*args, "freeze=lora"], outputs))
+    client, (a,) = runs(outputs)
+    assert a.info.status == "FINISHED" and a.data.tags["paradigm"] == "target_only+lora8"
+    path = client.download_artifacts(a.info.run_id, "checkpoint/model.safetensors", str(outputs))
+    weights = load_file(path)
+    plain = timm.create_model("test_vit", num_classes=10, img_size=16).state_dict()
+    assert set(weights) == set(plain) and not any("lora" in k for k in weights)
+    trainable = client.get_metric_history(a.info.run_id, "target/params_trainable")[0].value
+    assert trainable < sum(v.numel() for v in plain.values()) / 2
+    uri = f"runs:/{a.info.run_id}/checkpoint/model.safetensors"
+    train.run(compose([*args, "freeze=last_layer", f"backbone.weights={uri}"], outputs))
+    _, found = runs(outputs)
+    assert all(r.info.status == "FINISHED" for r in found) and len(found) == 2

@@ -42,6 +42,7 @@ def sweep(tmp_path_factory):
         *FAST_SWEEP,
         "trainer.repeats=3",
         "search.freeze.last_blocks.n_blocks=[2,3]",  # narrows the strategy's declared 1..3
+        "search.strategies=[last_layer,last_blocks,full]",  # the seeds' three of every strategy
         "hydra.sweeper.n_trials=5",
         "hydra.sweeper.study_name=t",
         "hydra.sweeper.confirm.top_k=3",
@@ -60,7 +61,7 @@ def test_study_holds_the_trials_with_paradigm_params(sweep):
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
     for t in study.trials:
         assert t.params["regime"] in {"pretrain_finetune", "joint", "pretrain_joint", "target_only"}
-        assert t.params["freeze"] in {"last_layer", "last_blocks", "full"}
+        assert t.distributions["freeze"].choices == ("last_layer", "last_blocks", "full")
         assert ("freeze.n_blocks" in t.params) == (
             t.params["freeze"] == "last_blocks"
         )  # conditional
@@ -431,10 +432,10 @@ def test_confirmation_must_use_fresh_repeats(tmp_path):
     assert not (tmp_path / "optuna.db").exists()  # refused before any study or run exists
 
 
-def test_sweep_over_the_new_strategies_samples_their_own_keys(tmp_path):
+def test_paradigm_sweep_searches_every_strategy_with_its_own_keys(tmp_path):
     args = [
         "-m", "sweep=paradigm", *FAST_SWEEP, "regime=target_only", "trainer.target_epochs=3",
-        "freeze=surgical,lp_ft,gradual", "hydra.sweeper.n_trials=6", "data.target.ood=rotate",
+        "hydra.sweeper.n_trials=8", "data.target.ood=rotate",
         "hydra.sweeper.confirm.top_k=0", "hydra.sweeper.register_champion=false",
         "pruner.name=none", f"paths.outputs={tmp_path}",
     ]  # fmt: skip
@@ -442,14 +443,20 @@ def test_sweep_over_the_new_strategies_samples_their_own_keys(tmp_path):
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     study = _study(tmp_path, "digits-test_resnet")
     own = {"surgical": {"freeze.block"}, "lp_ft": {"freeze.probe_epochs", "freeze.probe_lr_scale"},
-           "gradual": {"freeze.unfreeze_every"}}  # fmt: skip
+           "gradual": {"freeze.unfreeze_every"}, "lora": {"freeze.rank", "freeze.alpha"},
+           "last_blocks": {"freeze.n_blocks"}}  # fmt: skip
     seen = set()
     for t in study.trials:
+        assert t.distributions["freeze"].choices == (
+            "last_layer", "bitfit", "norm", "lora", "surgical", "last_blocks", "gradual",
+            "lp_ft", "full",
+        )  # every strategy by default, in catalogue order  # fmt: skip
         f = t.params["freeze"]
         seen.add(f)
-        assert {k for k in t.params if k.startswith("freeze.")} == own[f]  # conditional keys
+        keys = {k for k in t.params if k.startswith("freeze.")}
+        assert keys == own.get(f, set()), (f, keys)  # conditional keys
         assert t.state == optuna.trial.TrialState.COMPLETE, t.user_attrs.get("error")
-    assert len(seen) >= 2
+    assert len(seen & set(own)) >= 2, seen  # strategies with keys of their own were sampled
     # ood_acc (data.target.ood) in the paradigm table and both CSVs
     client, found = runs(tmp_path)
     (parent,) = [r for r in found if r.data.tags.get("transfersweep.role") == "sweep"]
@@ -460,3 +467,16 @@ def test_sweep_over_the_new_strategies_samples_their_own_keys(tmp_path):
         rows = list(csv.DictReader(open(path)))
         assert rows and all(0.0 <= float(r["ood_acc"]) <= 1.0 for r in rows)
     assert "; ood 0." in parent.data.tags["mlflow.note.content"]
+
+
+def test_unknown_strategy_in_search_strategies_exits_early(tmp_path):
+    res = cli(
+        ["-m", "sweep=paradigm", *FAST_SWEEP, "search.strategies=[full,lorax]",
+         f"paths.outputs={tmp_path}"],
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert res.returncode == 2
+    out = res.stdout + res.stderr
+    assert "search.strategies=['full', 'lorax']: 'lorax' is not a freeze option" in out
+    assert "[last_layer,bitfit,norm,lora,surgical,last_blocks,gradual,lp_ft,full]" in out
+    assert not (tmp_path / "optuna.db").exists()

@@ -165,6 +165,10 @@ class SearchConfig:
     # strategy declares defaults (e.g. last_blocks: n_blocks 1..3). Override as
     # search.freeze.<strategy>.<key>=[low,high] (or a list of choices for a Choice key).
     freeze: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The freeze options a sweep chooses from when neither hydra.sweeper.params nor the
+    # command line give `freeze=`: [all] = every conf/freeze option (built-ins in catalogue
+    # order, then your own), or names, e.g. [last_layer,last_blocks,full].
+    strategies: list[str] = field(default_factory=lambda: ["all"])
 
 
 @dataclass

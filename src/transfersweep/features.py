@@ -19,13 +19,14 @@ from transfersweep.data import Batches
 from transfersweep.data.images import ImageSet
 
 
-def unavailable_reason(cfg: DictConfig) -> str | None:
-    """Why the cache cannot be used for a head-only phase, or None when it can."""
+def unavailable_reason(cfg: DictConfig, pooled: bool = True) -> str | None:
+    """Why the cache cannot be used for a head-only phase (`pooled`) or a frozen prefix of
+    blocks (transfersweep.prefix_cache), or None when it can."""
     if not cfg.trainer.feature_cache:
         return "trainer.feature_cache=false"
     if cfg.data.augment:
         return "data.augment=true makes every epoch's training images different"
-    if cfg.backbone.drop_rate > 0:
+    if pooled and cfg.backbone.drop_rate > 0:
         return f"backbone.drop_rate={cfg.backbone.drop_rate} drops features at random before the classifier"
     return None
 

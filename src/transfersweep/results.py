@@ -131,7 +131,7 @@ def _estimate_dict(e: stats.Estimate) -> dict[str, Any]:
 
 
 def _log_checkpoint(mlrun: Any, cfg: DictConfig, inputs: Inputs, repeats: list[RepeatResult]):
-    """The best repeat's weights, as its strategy exports them (a plain timm state dict)."""
+    """The best repeat's weights: a plain timm state dict (adapters are merged by then)."""
     from transfersweep import tracking
 
     best = max(repeats, key=lambda r: r.val_acc)  # first of equals
@@ -139,7 +139,7 @@ def _log_checkpoint(mlrun: Any, cfg: DictConfig, inputs: Inputs, repeats: list[R
     inputs.model.load_state_dict(best.last.best_state)
     tracking.save_checkpoint(
         mlrun,
-        final.strategy.export(inputs.model),
+        inputs.model.state_dict(),
         cfg,
         {
             "backbone": cfg.backbone.name,

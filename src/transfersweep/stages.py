@@ -62,10 +62,36 @@ def run(
     report: Report | None = None,
 ) -> StageResult:
     """Train `stage` (metrics under `prefix`) and leave the model at its best epoch."""
-    model, data, runtime = inputs.model, inputs.data, inputs.runtime
+    model, runtime, strategy = inputs.model, inputs.runtime, stage.strategy
     torch.manual_seed(seed)
     model.reset_classifier(stage.num_classes)  # every stage starts from a fresh head
+    layout = inputs.layout
+    if strategy.attach(layout):  # adapters (LoRA): new parameter names, merged when it ends
+        layout = freezing.layout(model, layout.model_name)
     model.to(runtime.device)
+    try:
+        best = _phases(replace(inputs, layout=layout), cfg, stage, prefix, seed, mlrun, report)
+    finally:
+        strategy.detach(model)  # a plain timm model again, whatever happened
+    if layout is not inputs.layout:  # the best state had adapters: keep the merged model's
+        best = replace(best, best_state=_cpu_state(model))
+    mlrun.log_metrics(
+        {f"{prefix}/best_val_acc": best.best_val_acc, f"{prefix}/best_epoch": best.best_epoch}
+    )
+    return best
+
+
+def _phases(
+    inputs: Inputs,
+    cfg: DictConfig,
+    stage: Stage,
+    prefix: str,
+    seed: int,
+    mlrun: Any,
+    report: Report | None,
+) -> StageResult:
+    """The stage's phases on `inputs.layout` (adapters attached); the model ends at its best."""
+    model, data, runtime = inputs.model, inputs.data, inputs.runtime
     phases = [p for p in stage.strategy.phases(inputs.layout, stage.epochs) if p.epochs > 0]
     lr_scales = stage.strategy.lr_scales(inputs.layout)
     decay = cfg.optimizer.layer_decay
@@ -122,9 +148,6 @@ def run(
     assert best is not None, f"strategy {stage.strategy.name!r} gave no phases"
     if not best_is_last:  # an earlier phase did better: the stage ends on its weights
         model.load_state_dict(best.best_state)
-    mlrun.log_metrics(
-        {f"{prefix}/best_val_acc": best.best_val_acc, f"{prefix}/best_epoch": best.best_epoch}
-    )
     return best
 
 
@@ -139,28 +162,86 @@ def _with_feature_cache(
     mlrun: Any,
 ) -> tuple[torch.nn.Module, torch.nn.Module, Batches, Batches]:
     """(model to fit, its preprocessing, train batches, val batches). When the strategy says
-    the whole backbone stays frozen in this phase, that is the head alone on backbone features
-    computed once (same batching and seeds); otherwise the model on images."""
-    layout, model, prep = inputs.layout, inputs.model, inputs.preprocess
-    if stage.strategy.cached_prefix(layout, phase) < len(layout.blocks):
-        return model, prep, train, val
-    why = features.unavailable_reason(cfg)
-    mlrun.set_tags({f"{prefix}/feature_cache": "on" if why is None else f"off: {why}"})
-    if why is not None:
-        log.info("[%s] feature cache off: %s", prefix, why)
-        return model, prep, train, val
+    the first blocks stay frozen in this phase, their output is computed once (same batching
+    and seeds) and the rest of the model trains on it: the head alone on pooled features when
+    the whole backbone is frozen (transfersweep.features), the trainable suffix on the
+    activation at the block boundary otherwise (transfersweep.prefix_cache)."""
+    layout, model = inputs.layout, inputs.model
+    n_frozen = stage.strategy.cached_prefix(layout, phase)
+    if n_frozen == 0:
+        return model, inputs.preprocess, train, val
+    pooled = n_frozen == len(layout.blocks)
+    tag = f"{prefix}/feature_cache" + (f"_{phase.name}" if phase.name else "")
     t0 = time.perf_counter()
-    unshuffled = Batches(
+    why = features.unavailable_reason(cfg, pooled)
+    cached = None
+    if why is None:
+        cached = _pooled_cache(inputs, cfg, train, val) if pooled else _block_cache(
+            inputs, cfg, n_frozen, train, val
+        )  # fmt: skip
+        why = cached if isinstance(cached, str) else None
+    if why is not None:
+        log.info("[%s] feature cache off: %s (the full forward runs every epoch)", prefix, why)
+        mlrun.set_tags({tag: f"off: {why}"})
+        return model, inputs.preprocess, train, val
+    fit_model, train, val, what = cached
+    log.info(
+        "[%s] feature cache: %s of %d images in %.1fs",
+        prefix, what, len(train.images) + len(val.images), time.perf_counter() - t0,
+    )  # fmt: skip
+    mlrun.set_tags({tag: "on" if pooled else f"on: {what}"})
+    return fit_model, features.NoPrep(), train, val
+
+
+def _unshuffled(train: Batches, cfg: DictConfig) -> Batches:
+    return Batches(
         train.images, cfg.trainer.eval_batch_size, shuffle=False, pin_memory=train.pin_memory
     )
-    runtime = inputs.runtime
-    train = features.cached_batches(train, features.extract(model, unshuffled, prep, runtime))
+
+
+def _pooled_cache(inputs: Inputs, cfg: DictConfig, train: Batches, val: Batches):
+    model, prep, runtime = inputs.model, inputs.preprocess, inputs.runtime
+    cached = features.extract(model, _unshuffled(train, cfg), prep, runtime)
+    train = features.cached_batches(train, cached)
     val = Batches(features.extract(model, val, prep, runtime), val.batch_size, shuffle=False)
-    log.info(
-        "[%s] feature cache: backbone features of %d images in %.1fs",
-        prefix, len(train.images) + len(val.images), time.perf_counter() - t0,
-    )  # fmt: skip
-    return model.get_classifier(), features.NoPrep(), train, val
+    return model.get_classifier(), train, val, "backbone features"
+
+
+def _block_cache(inputs: Inputs, cfg: DictConfig, n_frozen: int, train: Batches, val: Batches):
+    """The suffix and the batches of boundary activations, or why not (a string)."""
+    from transfersweep import prefix_cache
+
+    layout, prep, runtime = inputs.layout, inputs.preprocess, inputs.runtime
+    cut = prefix_cache.split(layout, n_frozen)
+    if isinstance(cut, str):
+        return cut
+    probe = prefix_cache.extract(inputs.model, cut.prefix_eval, val, prep, runtime, limit=1)
+    numel, produced = probe.features[0].numel(), probe.features.dtype
+    n = len(train.images) + len(val.images)
+    budget, need = cfg.data.memory_budget_mb * 2**20, numel * n * produced.itemsize
+    dtype = None  # as the prefix produces them
+    if need > budget:
+        if numel * n * 2 > budget or produced.itemsize <= 2:
+            return (
+                f"the output of block {n_frozen} takes {need / 2**20:.0f} MB for {n} images, over "
+                f"data.memory_budget_mb={cfg.data.memory_budget_mb}"
+                + (" (even at float16)" if produced.itemsize > 2 else "")
+            )
+        dtype, need = torch.float16, numel * n * 2
+    model = inputs.model
+    cached = prefix_cache.extract(
+        model, cut.prefix_train, _unshuffled(train, cfg), prep, runtime, dtype
+    )
+    val_set = prefix_cache.extract(model, cut.prefix_eval, val, prep, runtime, dtype)
+    if dtype is not None:
+        if not (cached.features.isfinite().all() and val_set.features.isfinite().all()):
+            return "the frozen blocks' output overflows float16, and float32 is over the budget"
+        cut.suffix.input_dtype = produced
+    train = features.cached_batches(train, cached)
+    val = Batches(val_set, val.batch_size, shuffle=False)
+    stored = str(cached.features.dtype).removeprefix("torch.")
+    what = f"output of block {n_frozen}/{len(layout.blocks)} ({stored}, {need / 2**20:.1f} MB)"
+    return cut.suffix, train, val, what
 
 
 def pretrain(inputs: Inputs, cfg: DictConfig, mlrun: Any) -> list[Stage]:

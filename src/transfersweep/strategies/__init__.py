@@ -19,7 +19,9 @@ from transfersweep.strategies.registry import create, from_config, get, names, r
 
 # The built-in strategies register themselves on import. Registration order is the catalogue
 # order (least to most trained), used for table columns.
-BUILT_IN = ("last_layer", "bitfit", "norm", "surgical", "last_blocks", "gradual", "lp_ft", "full")
+BUILT_IN = (
+    "last_layer", "bitfit", "norm", "lora", "surgical", "last_blocks", "gradual", "lp_ft", "full"
+)  # fmt: skip
 for _module in BUILT_IN:
     importlib.import_module(f"transfersweep.strategies.{_module}")
 

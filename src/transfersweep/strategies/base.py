@@ -13,8 +13,9 @@ own grouping) and answers:
   whole phase, so their output can be computed once (the feature cache).
 - `Params` / `search`: its own config keys (under `freeze.*`) and their sweep ranges.
 - `label()`: its short name in a paradigm (`last_blocks2`).
-- `attach(model)` / `export(model)`: change the model before training (adapters) and turn
-  the trained model back into a plain timm state dict for the checkpoint.
+- `attach(layout)` / `detach(model)`: change the model when a stage starts (insert adapters)
+  and turn it back into a plain timm model when it ends (merge them), so test scoring, the
+  checkpoint and the next repeat see the same model as with any other strategy.
 
 This module imports neither torch nor timm: configs are checked without them.
 """
@@ -165,10 +166,11 @@ class Strategy:
                 return i
         return len(layout.blocks)
 
-    def attach(self, model: torch.nn.Module) -> torch.nn.Module:
-        """Change the model before the stage trains (e.g. insert adapters); default: as is."""
-        return model
+    def attach(self, layout: Layout) -> bool:
+        """Change `layout.model` in place before the stage trains (e.g. insert adapters);
+        True when it did, so the caller takes the layout anew. Default: nothing."""
+        return False
 
-    def export(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
-        """The trained model as a plain timm state dict (the checkpoint)."""
-        return model.state_dict()
+    def detach(self, model: torch.nn.Module) -> None:
+        """Undo `attach` in place after the stage, keeping what was learned (merge adapters):
+        the model must be a plain timm model with its original parameter names again."""

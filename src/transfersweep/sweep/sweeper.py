@@ -95,6 +95,7 @@ class TransferSweeperImpl(StockOptunaSweeper):
         self.objectives = list(objectives)
 
     def sweep(self, arguments: list[str]) -> None:
+        arguments = self._with_strategies(arguments)
         space = self.search_space(arguments)
         self._check_settings()
         workers, parent = self._open(arguments)
@@ -159,6 +160,28 @@ class TransferSweeperImpl(StockOptunaSweeper):
             tracking.redact(str(storage)), parent.run_id,
         )  # fmt: skip
         return workers, parent
+
+    def _with_strategies(self, arguments: list[str]) -> list[str]:
+        """The command line plus the freeze dimension from search.strategies, unless
+        hydra.sweeper.params or the command line choose `freeze` themselves."""
+        given = {a.split("=", 1)[0].lstrip("+~") for a in arguments if "=" in a}
+        if "freeze" in given or "freeze" in (self.params or {}):
+            return arguments
+        from transfersweep.strategies import BUILT_IN
+
+        options = self.hydra_context.config_loader.get_group_options("freeze")
+        catalogue = [n for n in BUILT_IN if n in options] + sorted(set(options) - set(BUILT_IN))
+        wanted = list(self.config.search.strategies)
+        unknown = [n for n in wanted if n not in options and n != "all"]
+        if unknown or not wanted or ("all" in wanted and len(wanted) > 1):
+            log.error(
+                "error: search.strategies=%s: %s. Give [all] or names from conf/freeze: [%s]",
+                wanted, f"{unknown[0]!r} is not a freeze option" if unknown else "invalid",
+                ",".join(catalogue),
+            )  # fmt: skip
+            sys.exit(2)
+        names = catalogue if wanted == ["all"] else wanted
+        return [*arguments, f"freeze=choice({','.join(names)})"]
 
     def _check_settings(self) -> None:
         directions, objectives = self.directions(), self.objectives
