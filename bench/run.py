@@ -9,6 +9,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
 
+import bench_block_cache  # noqa: E402
 import bench_epoch  # noqa: E402
 import bench_feature_cache  # noqa: E402
 import bench_memory  # noqa: E402
@@ -31,6 +32,7 @@ if __name__ == "__main__":
         ("startup", bench_startup.main),
         ("epoch", bench_epoch.main),
         ("feature_cache", bench_feature_cache.main),
+        ("block_cache", bench_block_cache.main),
         ("tracking", bench_tracking.main),
         ("reuse", bench_reuse.main),
         ("pruning", bench_pruning.main),

@@ -24,3 +24,11 @@ def test_epoch_and_feature_cache_benchmarks_run(capsys):
     assert cache["cached_val_acc"] == pytest.approx(cache["uncached_val_acc"], abs=1e-3)
     out = capsys.readouterr().out
     assert "framework / plain loop" in out and "uncached / cached" in out
+
+
+def test_block_cache_benchmark_runs(capsys):
+    import bench_block_cache
+
+    r = bench_block_cache.run("tiny", 32, 10)
+    assert r["cached_val_acc"] == pytest.approx(r["uncached_val_acc"], abs=1e-3)  # same work
+    assert "last_blocks (1 block) trial" in capsys.readouterr().out
