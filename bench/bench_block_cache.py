@@ -27,7 +27,9 @@ def suffix_forward_seconds(ready, cfg) -> float:
     from transfersweep.data import Batches
 
     acts = [
-        prefix_cache.extract(model, cut.prefix_eval, Batches(split, 256, shuffle=False), prep, runtime)
+        prefix_cache.extract(
+            model, cut.prefix_eval, Batches(split, 256, shuffle=False), prep, runtime
+        )
         for split in (ready.data.target.train, ready.data.target.val)
     ]
     cut.suffix.eval()

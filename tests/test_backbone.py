@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 import timm
@@ -63,12 +64,59 @@ def test_weights_of_another_backbone_are_refused_with_the_reason(tmp_path):
         backbone.create(_cfg(tmp_path / "shape.safetensors"), num_classes=3)
 
 
-def test_missing_or_garbage_weights_file(tmp_path):
+def _not_weights(tmp_path) -> dict[str, tuple[Path, str]]:
+    """Files that are not weights, each with what the error must say it is."""
+    good = tmp_path / "good.safetensors"
+    save_file(timm.create_model("test_resnet", num_classes=3).state_dict(), str(good))
+    files = {
+        "garbage": (bytes(range(256)) * 4, ".pth", "is not a weights file (neither safetensors nor torch"),
+        "truncated": (good.read_bytes()[:-1000], ".safetensors", "is a truncated safetensors file (its tensors need"),
+        "log": (b"epoch 1 loss 0.3\nepoch 2 loss 0.2\n", ".safetensors", "is a text file, not weights (it starts: 'epoch 1 loss 0.3')"),
+        "empty": (b"", ".pth", "is an empty file (0 bytes)"),
+    }  # fmt: skip
+    out = {}
+    for name, (data, suffix, says) in files.items():
+        (tmp_path / f"{name}{suffix}").write_bytes(data)
+        out[name] = (tmp_path / f"{name}{suffix}", says)
+
+    class Evil:
+        def __reduce__(self):
+            return (exec, ("print('pwned')",))
+
+    torch.save({"x": Evil()}, tmp_path / "code.pth")
+    out["code"] = (tmp_path / "code.pth", "is a pickle that holds Python objects (exec)")
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "module.pth")  # a whole module, pickled
+    out["module"] = (tmp_path / "module.pth", "is a pickle that holds Python objects (torch.nn")
+    return out
+
+
+def test_missing_or_not_weights_files_say_what_they_are(tmp_path):
     with pytest.raises(WeightsError, match="does not exist"):
         backbone.create(_cfg(tmp_path / "nope.safetensors"), num_classes=3)
-    (tmp_path / "junk.safetensors").write_bytes(b"garbage")
-    with pytest.raises(WeightsError, match="not a readable safetensors"):
-        backbone.create(_cfg(tmp_path / "junk.safetensors"), num_classes=3)
+    for path, says in _not_weights(tmp_path).values():
+        with pytest.raises(WeightsError) as e:
+            backbone.create(_cfg(path), num_classes=3)
+        assert says in str(e.value) and str(path) in str(e.value)
+        assert "\n" not in str(e.value)  # one line
+
+
+@pytest.mark.slow
+def test_not_weights_files_exit_2_with_one_line_in_seconds(tmp_path):
+    """The real entrypoint: each bad file is one error line naming it, exit code 2, before
+    any training (and without torch's long weights_only explanation)."""
+    for name, (path, says) in _not_weights(tmp_path).items():
+        t = time.perf_counter()
+        res = cli(
+            [*FAST, f"backbone.weights={path}", f"paths.outputs={tmp_path / name}"], cwd=tmp_path
+        )
+        elapsed = time.perf_counter() - t
+        out = res.stdout + res.stderr
+        assert res.returncode == 2, (name, out[-2000:])
+        errors = [line for line in out.splitlines() if "error:" in line]
+        assert len(errors) == 1 and says in errors[0] and str(path) in errors[0], (name, errors)
+        assert "weights_only" not in out.replace("weights_only=True", "") and "Traceback" not in out
+        assert "pwned" not in out  # no pickled code ran
+        assert elapsed < 30, (name, elapsed)
 
 
 def test_unknown_backbone_suggests_close_names():

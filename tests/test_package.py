@@ -57,7 +57,10 @@ def test_wheel_runs_from_any_directory(installed, tmp_path):
     assert where[1] == "True"  # the configs ship inside the package
     helped = _run([str(installed / "transfersweep"), "--help"], cwd=tmp_path).stdout
     assert "== Configuration groups ==" in helped  # listed from the packaged conf/
-    assert "freeze: bitfit, full, gradual, last_blocks, last_layer, lp_ft, norm, surgical" in helped
+    assert (
+        "freeze: bitfit, full, gradual, last_blocks, last_layer, lora, lp_ft, norm, surgical"
+        in helped
+    )
     small = ["backbone=tiny", "data.image_size=16", "trainer=fast", "trainer.device=cpu"]
     run = _run([str(installed / "transfersweep"), *small], cwd=tmp_path)
     assert "done: pretrain_finetune+full | test_resnet on digits" in run.stdout + run.stderr

@@ -125,6 +125,14 @@ def _hub_error(name: str, e: Exception) -> WeightsError:
     )
 
 
+def check_local_weights(cfg: DictConfig) -> None:
+    """A local backbone.weights file that is not weights fails here, before timm and the data
+    load (an MLflow URI is checked once downloaded)."""
+    w = cfg.backbone.weights
+    if w and not ("://" in w or w.startswith(("runs:/", "models:/"))):
+        check_file(resolve_weights_path(w))
+
+
 def resolve_weights_path(weights: str, tracking_uri: str | None = None) -> Path:
     """A local path, or an MLflow artifact URI (runs:/..., models:/...) downloaded first."""
     if "://" in weights or weights.startswith("runs:/") or weights.startswith("models:/"):
@@ -148,31 +156,118 @@ def resolve_weights_path(weights: str, tracking_uri: str | None = None) -> Path:
     return path
 
 
+_FIX = "Pass a state dict saved as .safetensors or .pth (e.g. a run's checkpoint/model.safetensors)"
+
+
+def _kind(path: Path) -> str:
+    """What a weights file holds, from its first bytes: safetensors, torch (zip or legacy
+    pickle), empty, text, or unknown. Extensions lie; contents do not."""
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    if not head:
+        return "empty"
+    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
+        return "torch"
+    if len(head) > 8 and head[8:9] == b"{":
+        return "safetensors"
+    text = head.decode("utf-8", errors="replace")  # a character cut at 4096 bytes: 1 bad
+    bad = sum(c == "\ufffd" or not (c.isprintable() or c in "\r\n\t") for c in text)
+    return "text" if bad <= 1 else "unknown"
+
+
+def _safetensors_problem(path: Path, head: bytes, size: int) -> str | None:
+    """Why a file that starts like safetensors cannot be one, or None."""
+    import json
+
+    n = int.from_bytes(head[:8], "little")
+    if 8 + n > size:
+        return f"a truncated safetensors file (its header alone needs {8 + n:,} bytes, the file has {size:,})"
+    try:
+        with open(path, "rb") as f:
+            f.seek(8)
+            header = json.loads(f.read(n))
+        end = max(
+            (v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0
+        )
+    except (ValueError, KeyError, TypeError, IndexError):
+        return "not a safetensors file (its header is not safetensors JSON)"
+    if 8 + n + end > size:
+        return (
+            f"a truncated safetensors file (its tensors need {8 + n + end:,} bytes, the file has "
+            f"{size:,}): copy or download it again"
+        )
+    return None
+
+
+def _refused(path: Path, e: Exception) -> WeightsError:
+    """One line for a file torch.load(weights_only=True) refuses."""
+    import re
+
+    msg = str(e)
+    found = re.search(r"GLOBAL ([\w.]+)", msg)
+    if found:  # a pickle that would import and call Python objects
+        what = found.group(1)
+        return WeightsError(
+            f"backbone.weights={str(path)!r} is a pickle that holds Python objects ({what}), "
+            "not only tensors; transfersweep runs no pickled code (torch.load weights_only=True). "
+            "Re-save the weights alone: torch.save(model.state_dict(), ...) or safetensors"
+        )
+    first = next((line.strip() for line in msg.splitlines() if line.strip()), type(e).__name__)
+    return WeightsError(
+        f"backbone.weights={str(path)!r} is a damaged or truncated torch file ({first[:160]}). {_FIX}"
+    )
+
+
+def check_file(path: Path) -> str:
+    """The file's kind ("safetensors" or "torch") after the checks that need no torch: an
+    empty, text, unknown or truncated file is a WeightsError of one line."""
+    kind, size = _kind(path), path.stat().st_size
+    name = f"backbone.weights={str(path)!r}"
+    if kind == "empty":
+        raise WeightsError(f"{name} is an empty file (0 bytes). {_FIX}")
+    if kind == "text":
+        with open(path, "rb") as f:
+            lines = f.read(400).decode("utf-8", errors="replace").strip().splitlines()
+        first = (lines or [""])[0][:80]
+        raise WeightsError(f"{name} is a text file, not weights (it starts: {first!r}). {_FIX}")
+    if kind == "unknown" or (kind != "safetensors" and path.suffix == ".safetensors"):
+        raise WeightsError(
+            f"{name} is not a weights file (neither safetensors nor torch; {size:,} bytes). {_FIX}"
+        )
+    if kind == "safetensors":
+        with open(path, "rb") as f:
+            problem = _safetensors_problem(path, f.read(8), size)
+        if problem:
+            raise WeightsError(f"{name} is {problem}")
+    return kind
+
+
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The state dict in `path`; anything else is a WeightsError of one line that says what
+    the file is and how to fix it (a log file, an empty or truncated file, pickled code)."""
     import torch
 
-    if path.suffix == ".safetensors":
+    name = f"backbone.weights={str(path)!r}"
+    if check_file(path) == "safetensors":
         from safetensors.torch import load_file
 
         try:
             return load_file(str(path))
         except Exception as e:
-            raise WeightsError(
-                f"backbone.weights={str(path)!r} is not a readable safetensors file: {e}"
-            ) from e
+            raise WeightsError(f"{name} is not a readable safetensors file ({e}). {_FIX}") from e
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise WeightsError(
-            f"backbone.weights={str(path)!r} could not be loaded as a plain state dict "
-            f"(weights_only=True refuses pickled objects): {e}"
-        ) from e
+        raise _refused(path, e) from None
     for key in ("state_dict", "model", "state_dict_ema", "model_ema"):  # common wrappers
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
             break
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise WeightsError(f"backbone.weights={str(path)!r} does not hold a state dict of tensors")
+        raise WeightsError(
+            f"{name} holds a {type(obj).__name__}, not a state dict of tensors. "
+            "Save model.state_dict() instead"
+        )
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 

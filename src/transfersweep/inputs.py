@@ -35,6 +35,7 @@ def load(cfg: DictConfig, parallel_jobs: int = 1) -> Inputs:
     validate(cfg)
     from transfersweep import backbone, regime
 
+    backbone.check_local_weights(cfg)  # a log file or an empty one: one line, in a second
     backbone.prepare_hub(cfg)  # before timm is imported
 
     import torch
