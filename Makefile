@@ -25,9 +25,13 @@ OUTPUTS ?= outputs
 # make server: database of the MLflow tracking server (PostgreSQL by URL) and its artifact folder
 BACKEND ?= sqlite:///$(OUTPUTS)/server/mlflow.db
 ARTIFACTS ?= $(OUTPUTS)/server/artifacts
+# make server: auto = MLflow basic auth unless HOST is loopback (admin password from the
+# environment, MLFLOW_AUTH_ADMIN_PASSWORD, or AUTH_CONFIG=<ini outside the repo>); none = off
+AUTH ?= auto
+AUTH_CONFIG ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install check-venv train sweep grid predict ui server test test-fast bench lint format clean
+.PHONY: help install check-venv train sweep grid predict ui dashboard server test test-fast bench lint format clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-9s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -67,8 +71,18 @@ ui: install ## MLflow UI on the default store (outputs/mlflow.db), bound to HOST
 	@echo "runs: http://$(HOST):$(PORT)/#/experiments/1/runs?workflowType=machine_learning"
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(abspath $(OUTPUTS))/mlflow.db --host $(HOST) --port $(PORT)
 
+# make dashboard: the Optuna study storage to show, and its own port (8080 unless PORT= is
+# given on the command line), so it runs beside make ui on 5000.
+STORAGE ?= sqlite:///$(abspath $(OUTPUTS))/optuna.db
+DASHBOARD_PORT = $(if $(filter command line environment,$(origin PORT)),$(PORT),8080)
+
+dashboard: install ## optuna-dashboard on the live studies (STORAGE=outputs/optuna.db), HOST=127.0.0.1 PORT=8080
+	@echo "studies: http://$(HOST):$(DASHBOARD_PORT)/dashboard/"
+	$(VENV)/bin/optuna-dashboard "$(STORAGE)" --host $(HOST) --port $(DASHBOARD_PORT) --quiet
+
 server: install ## MLflow tracking server for many workers: BACKEND=postgresql://user@host/db, HOST=127.0.0.1
-	$(PY) -m transfersweep.server --backend "$(BACKEND)" --artifacts "$(ARTIFACTS)" --host "$(HOST)" --port "$(PORT)"
+	$(PY) -m transfersweep.server --backend "$(BACKEND)" --artifacts "$(ARTIFACTS)" --host "$(HOST)" --port "$(PORT)" \
+		--auth "$(AUTH)" $(if $(AUTH_CONFIG),--auth-config "$(AUTH_CONFIG)")
 
 test: install check-venv ## the full test suite (CPU, 12-16 minutes; what CI runs)
 	$(PY) -m pytest -q

@@ -105,13 +105,20 @@ def postgres():
 
 
 @contextmanager
-def mlflow_server(backend: str, artifacts: Path, port: int | None = None):
+def mlflow_server(
+    backend: str,
+    artifacts: Path,
+    port: int | None = None,
+    args: tuple = (),
+    env: dict | None = None,
+):
     """`python -m transfersweep.server` (what `make server` runs) until the block ends."""
     port = port or free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "transfersweep.server", "--backend", backend,
-         "--artifacts", str(artifacts), "--port", str(port)],
+         "--artifacts", str(artifacts), "--port", str(port), *args],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, **(env or {})},
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:

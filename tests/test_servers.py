@@ -267,3 +267,71 @@ def test_a_running_worker_takes_over_the_trials_of_a_worker_that_dies(tmp_path):
     dead = next(t for t in trials if t.state.name == "FAIL")
     retry = next(t for t in trials if t.user_attrs.get("retry_of") == dead.number)
     assert retry.state.name == "COMPLETE" and retry.user_attrs["sweeper"].startswith("node-b:")
+
+
+def test_exposed_server_needs_a_password_and_an_authenticated_sweep_works(tmp_path):
+    """make server on another interface refuses to start without an admin password; with
+    MLflow's basic auth, a REST call without a login gets 401, a run without one exits 2 with
+    the fix, and a sweep with MLFLOW_TRACKING_USERNAME / _PASSWORD works end to end, the
+    password in no param, tag, artifact, Hydra record or log."""
+    import base64
+    import urllib.error
+    import urllib.request
+
+    from mlflow.tracking import MlflowClient
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    backend = f"sqlite:///{tmp_path / 'server' / 'mlflow.db'}"
+    art = tmp_path / "server" / "artifacts"
+    refused = subprocess.run(
+        [sys.executable, "-m", "transfersweep.server", "--backend", backend,
+         "--artifacts", str(art), "--host", "0.0.0.0", "--port", str(free_port())],
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert refused.returncode == 2, refused.stderr
+    assert "export MLFLOW_AUTH_ADMIN_PASSWORD" in refused.stderr and "AUTH=none" in refused.stderr
+    admin = {"MLFLOW_AUTH_ADMIN_USERNAME": "admin", "MLFLOW_AUTH_ADMIN_PASSWORD": PASSWORD}
+    # basic auth forced on loopback: the test machine's network never sees the server
+    with mlflow_server(backend, art, args=("--auth", "basic"), env=admin) as (url, proc):
+        api = f"{url}/api/2.0/mlflow/experiments/search?max_results=1"
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(api, timeout=10)
+        assert e.value.code == 401
+        req = urllib.request.Request(api, headers={
+            "Authorization": "Basic " + base64.b64encode(f"admin:{PASSWORD}".encode()).decode()})  # fmt: skip
+        assert urllib.request.urlopen(req, timeout=10).status == 200
+        args = [*FAST, "regime=target_only", f"tracking.uri={url}"]
+        anonymous = subprocess.run(
+            [sys.executable, "-m", "transfersweep.train", *args, f"paths.outputs={tmp_path / 'a'}"],
+            cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env,
+        )  # fmt: skip
+        assert anonymous.returncode == 2
+        assert "asks for a login (401): export MLFLOW_TRACKING_USERNAME" in anonymous.stdout
+        login = {**env, "MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": PASSWORD}
+        out = tmp_path / "out"
+        sweep = subprocess.run(
+            [sys.executable, "-m", "transfersweep.train", "-m", "sweep=paradigm", *args,
+             "hydra.sweeper.n_trials=2", "hydra.sweeper.confirm.top_k=0", f"paths.outputs={out}"],
+            cwd=tmp_path, capture_output=True, text=True, timeout=600, env=login,
+        )  # fmt: skip
+        assert sweep.returncode == 0, sweep.stdout[-3000:] + sweep.stderr[-3000:]
+        os.environ.update(
+            {k: login[k] for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
+        )
+        try:
+            client = MlflowClient(tracking_uri=url)
+            exp = client.get_experiment_by_name("transfersweep")
+            found = client.search_runs([exp.experiment_id])
+        finally:
+            for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+                os.environ.pop(k, None)
+        trials = [r for r in found if r.data.tags.get("transfersweep.role") != "sweep"]
+        assert len(trials) == 2 and all(r.info.status == "FINISHED" for r in trials)
+        for r in found:  # no param, tag or metric name carries the password
+            text = repr((r.data.params, r.data.tags, list(r.data.metrics)))
+            assert PASSWORD not in text
+        logs = sweep.stdout + sweep.stderr + anonymous.stdout + anonymous.stderr
+        assert PASSWORD not in logs
+        assert PASSWORD not in _all_text_under(art)  # every artifact, summaries included
+        assert PASSWORD not in _all_text_under(out)  # Hydra records, logs, caches
+    assert PASSWORD not in proc.stdout.read()

@@ -11,6 +11,7 @@ Default store: `sqlite:///<abs paths.outputs>/mlflow.db`, artifacts under
 from __future__ import annotations
 
 import logging
+import os
 import re
 import tempfile
 import time
@@ -193,6 +194,46 @@ def check_server(cfg: DictConfig) -> None:
             "or `python -m transfersweep.server`), fix the URL, or leave tracking.uri unset for "
             "the local store"
         ) from None
+    status = _login_status(uri)
+    if status in (401, 403):
+        user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+        raise ConfigError(
+            f"tracking.uri={redact(uri)!r} "
+            + (
+                f"refused the login of user {user!r} ({status}): check MLFLOW_TRACKING_PASSWORD, "
+                "and that the server's admin gave this user access"
+                if user
+                else "asks for a login (401): export MLFLOW_TRACKING_USERNAME and "
+                "MLFLOW_TRACKING_PASSWORD (MLflow's own variables; never put them in a config value)"
+            )
+        )
+
+
+def _login_status(uri: str) -> int | None:
+    """HTTP status of an authenticated read (MLflow's tracking credentials from the
+    environment), or None when the server cannot say (old servers, network trouble: the run
+    itself will tell)."""
+    import base64
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(
+        f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search?max_results=1"
+    )
+    user, password = (
+        os.environ.get("MLFLOW_TRACKING_USERNAME"),
+        os.environ.get("MLFLOW_TRACKING_PASSWORD"),
+    )
+    if user and password:
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        req.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except OSError:
+        return None
 
 
 def _open_experiment(cfg: DictConfig) -> tuple[Any, str, str]:
