@@ -67,9 +67,13 @@ grid: install check-venv ## every regime x freeze cell once (REPEATS=5 for mean,
 predict: install check-venv ## predictions.csv for IMAGES=<folder|file> with MODEL=<models:/name@champion|runs:/id|folder>
 	$(PY) -m transfersweep.predict model="$(MODEL)" images="$(IMAGES)" $(ARGS)
 
+# make ui serves the local store through transfersweep.server (what `mlflow ui` runs, plus its
+# password rule: off loopback it asks for one, as make server does; user db under outputs/ui/).
 ui: install ## MLflow UI on the default store (outputs/mlflow.db), bound to HOST=127.0.0.1
 	@echo "runs: http://$(HOST):$(PORT)/#/experiments/1/runs?workflowType=machine_learning"
-	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(abspath $(OUTPUTS))/mlflow.db --host $(HOST) --port $(PORT)
+	$(PY) -m transfersweep.server --backend sqlite:///$(abspath $(OUTPUTS))/mlflow.db \
+		--artifacts "$(abspath $(OUTPUTS))/ui/artifacts" --host "$(HOST)" --port "$(PORT)" --workers 1 \
+		--auth "$(AUTH)" $(if $(AUTH_CONFIG),--auth-config "$(AUTH_CONFIG)")
 
 # make dashboard: the Optuna study storage to show, and its own port (8080 unless PORT= is
 # given on the command line), so it runs beside make ui on 5000.

@@ -335,3 +335,48 @@ def test_exposed_server_needs_a_password_and_an_authenticated_sweep_works(tmp_pa
         assert PASSWORD not in _all_text_under(art)  # every artifact, summaries included
         assert PASSWORD not in _all_text_under(out)  # Hydra records, logs, caches
     assert PASSWORD not in proc.stdout.read()
+
+
+def test_make_ui_serves_the_local_store_and_asks_for_a_password_off_loopback(tmp_path):
+    """make ui on loopback serves outputs/mlflow.db (runs and their artifacts); on another
+    interface it refuses to start without an admin password, like make server."""
+    import json
+    import urllib.request
+
+    from conftest import ROOT, compose
+    from transfersweep import train
+
+    out = tmp_path / "outputs"
+    train.run(compose([*FAST, "regime=target_only"], out))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    make = ["make", "--no-print-directory", "ui", f"OUTPUTS={out}"]
+    refused = subprocess.run([*make, "HOST=0.0.0.0", f"PORT={free_port()}"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=120, env=env)  # fmt: skip
+    assert refused.returncode != 0 and "export MLFLOW_AUTH_ADMIN_PASSWORD" in refused.stderr
+    port = free_port()
+    proc = subprocess.Popen([*make, f"PORT={port}"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)  # fmt: skip
+    api = f"http://127.0.0.1:{port}/api/2.0/mlflow"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                req = urllib.request.Request(
+                    f"{api}/runs/search", data=json.dumps({"experiment_ids": ["1"]}).encode(),
+                    headers={"Content-Type": "application/json"},
+                )  # fmt: skip
+                runs = json.loads(urllib.request.urlopen(req, timeout=5).read())["runs"]
+                break
+            except OSError:
+                assert proc.poll() is None and time.time() < deadline, proc.stdout.read()
+                time.sleep(0.5)
+        (run,) = runs
+        run_id = run["info"]["run_id"]
+        listed = json.loads(urllib.request.urlopen(
+            f"{api}/artifacts/list?run_id={run_id}&path=checkpoint", timeout=5).read())  # fmt: skip
+        assert "checkpoint/model.safetensors" in {f["path"] for f in listed["files"]}
+    finally:
+        import signal
+
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.communicate(timeout=30)

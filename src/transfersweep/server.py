@@ -71,7 +71,7 @@ def auth_env(args: argparse.Namespace, server_dir: Path) -> dict[str, str]:
         raise AuthError(
             f"--host {args.host} exposes every run and artifact to the network, so the server "
             "needs a password: export MLFLOW_AUTH_ADMIN_PASSWORD=... (and "
-            "MLFLOW_AUTH_ADMIN_USERNAME, default admin) before `make server`, or give "
+            "MLFLOW_AUTH_ADMIN_USERNAME, default admin) before starting it, or give "
             "AUTH_CONFIG=<an MLflow basic_auth.ini with admin_password, outside the repo>; "
             "on a network you trust, AUTH=none serves without one"
         )
