@@ -15,7 +15,7 @@ import torch
 from bench_feature_cache import trial_seconds
 from common import compose, report
 
-from transfersweep import freezing, prefix_cache
+from transfersweep import features, freezing, prefix_cache
 
 
 def suffix_forward_seconds(ready, cfg) -> float:
@@ -27,8 +27,8 @@ def suffix_forward_seconds(ready, cfg) -> float:
     from transfersweep.data import Batches
 
     acts = [
-        prefix_cache.extract(
-            model, cut.prefix_eval, Batches(split, 256, shuffle=False), prep, runtime
+        features.extract(
+            model, Batches(split, 256, shuffle=False), prep, runtime, cut.prefix_eval, dtype=None
         )
         for split in (ready.data.target.train, ready.data.target.val)
     ]

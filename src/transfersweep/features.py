@@ -10,11 +10,13 @@ the pooled features and the classifier (backbone.drop_rate) rule the cache out.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from omegaconf import DictConfig
 
+from transfersweep import freezing
 from transfersweep.data import Batches
 from transfersweep.data.images import ImageSet
 
@@ -53,20 +55,36 @@ class NoPrep(torch.nn.Module):
 
 
 @torch.no_grad()
-def extract(model: torch.nn.Module, batches: Batches, prep: torch.nn.Module, runtime) -> FeatureSet:
-    """One eval-mode pass of the backbone over `batches` (unshuffled), keeping pooled features."""
-    was_training = model.training
-    model.eval()
-    feats = []
-    for x, _ in batches:
-        with runtime.autocast():
-            f = model.forward_head(
-                model.forward_features(prep(runtime.to_device(x))), pre_logits=True
-            )
-        feats.append(f.float())
-    model.train(was_training)
-    images = batches.images
-    return FeatureSet(torch.cat(feats), images.labels.clone())
+def extract(
+    model: torch.nn.Module,
+    batches: Batches,
+    prep: torch.nn.Module,
+    runtime,
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    dtype: torch.dtype | None = torch.float32,
+    limit: int | None = None,
+) -> FeatureSet:
+    """One eval-mode pass over `batches` (unshuffled; the first `limit` images), keeping per
+    image what `forward` computes from the preprocessed batch (default: the backbone's pooled
+    features, what the classifier sees; transfersweep.prefix_cache passes a frozen prefix),
+    in `dtype` (None: as computed). Every module of `model` gets its mode back afterwards."""
+    if forward is None:
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            return model.forward_head(model.forward_features(x), pre_logits=True)
+
+    out, seen = [], 0
+    with freezing.modes_kept(model):
+        model.eval()
+        for x, _ in batches:
+            x = x[: limit - seen] if limit is not None else x
+            with runtime.autocast():
+                f = forward(prep(runtime.to_device(x)))
+            out.append(f if dtype is None else f.to(dtype))
+            seen += len(x)
+            if limit is not None and seen >= limit:
+                break
+    return FeatureSet(torch.cat(out), batches.images.labels[:seen].clone())
 
 
 def cached_batches(batches: Batches, features: FeatureSet) -> Batches:

@@ -15,7 +15,8 @@ dropout in the frozen part do not move either.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -92,3 +93,15 @@ def train_mode(model: torch.nn.Module, frozen: list[torch.nn.Module]) -> None:
     model.train()
     for m in frozen:
         m.eval()
+
+
+@contextmanager
+def modes_kept(model: torch.nn.Module) -> Iterator[None]:
+    """Every module's train/eval mode as it was, afterwards (`model.train(flag)` would not do:
+    it would put the frozen parts in training mode too)."""
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training

@@ -23,15 +23,12 @@ instead of bit for bit).
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 import torch.fx as fx
 
 from transfersweep import freezing
-from transfersweep.data import Batches
-from transfersweep.features import FeatureSet
 from transfersweep.strategies import Layout
 
 
@@ -61,17 +58,6 @@ def _stochastic(m: torch.nn.Module) -> bool:
     return any(getattr(m, a, 0) for a in ("drop_prob", "prob"))  # timm DropPath, PatchDropout
 
 
-@contextmanager
-def _modes_kept(model: torch.nn.Module):
-    """Every module's train/eval mode as it was, afterwards."""
-    modes = [(m, m.training) for m in model.modules()]
-    try:
-        yield
-    finally:
-        for m, training in modes:
-            m.training = training
-
-
 @dataclass
 class _Cut:
     graph: fx.Graph
@@ -80,7 +66,7 @@ class _Cut:
 
 def _cut(model: torch.nn.Module, prefix: set[str], training: bool) -> _Cut | str:
     """The traced model (in `training` mode, frozen parts in eval) and its boundary node."""
-    with _modes_kept(model):
+    with freezing.modes_kept(model):
         freezing.train_mode(model, freezing.frozen_modules(model)) if training else model.eval()
         try:
             graph = _BlockTracer(prefix).trace(model)
@@ -94,7 +80,7 @@ def _cut(model: torch.nn.Module, prefix: set[str], training: bool) -> _Cut | str
         own = None
         if node.op == "call_module":
             names = {f"{node.target}.{n}" for n, _ in modules[node.target].named_parameters()}
-            own = ("suffix" if not names <= prefix else None) if names else None
+            own = "suffix" if names - prefix else None
         elif node.op == "get_attr" and node.target in owned:
             own = "suffix" if node.target not in prefix else None
         if node.op == "placeholder":  # the images; later ones are optional arguments
@@ -153,7 +139,6 @@ class Suffix(torch.nn.Module):
         super().__init__()
         self.model = model
         self._graphs = {True: train, False: eval}  # not submodules: they share model's modules
-
         self.input_dtype: torch.dtype | None = None  # set when activations are stored compactly
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -176,42 +161,18 @@ class Split:
 def split(layout: Layout, n_frozen: int) -> Split | str:
     """Cut `layout.model` after its first `n_frozen` blocks, or say why it cannot be cut."""
     model = layout.model
-    prefix = {n for b in layout.blocks[:n_frozen] for n in b}
+    prefix = layout.block_names(stop=n_frozen)
     prefix |= {n for n, _ in model.named_buffers() if n.rsplit(".", 1)[0] + ".weight" in prefix}
     parts = {}
     for training in (True, False):
-        cuts = [_cut(model, prefix, training) for _ in range(2)]  # a graph is consumed by a cut
-        if isinstance(cuts[0], str):
-            return cuts[0]
-        suffix = _suffix_module(model, cuts[1])
+        cut = _cut(model, prefix, training)
+        if isinstance(cut, str):
+            return cut
+        copies: dict[fx.Node, fx.Node] = {}  # each module edits its own graph: the suffix's a copy
+        graph = fx.Graph()
+        graph.output(graph.graph_copy(cut.graph, copies))
+        suffix = _suffix_module(model, _Cut(graph, copies[cut.boundary]))
         if isinstance(suffix, str):
             return suffix
-        parts[training] = (_prefix_module(model, cuts[0]), suffix)
+        parts[training] = (_prefix_module(model, cut), suffix)
     return Split(parts[True][0], parts[False][0], Suffix(model, parts[True][1], parts[False][1]))
-
-
-@torch.no_grad()
-def extract(
-    model: torch.nn.Module,
-    prefix: fx.GraphModule,
-    batches: Batches,
-    prep: torch.nn.Module,
-    runtime,
-    dtype=None,
-    limit: int | None = None,
-) -> FeatureSet:
-    """One pass of `prefix` over `batches` (unshuffled; the first `limit` images), keeping its
-    output per image. The prefix's modules are all frozen (eval mode in training, too) or
-    deterministic, so they run in eval mode here."""
-    out, seen = [], 0
-    with _modes_kept(model):
-        model.eval()
-        for x, _ in batches:
-            x = x[: limit - seen] if limit is not None else x
-            with runtime.autocast():
-                a = prefix(prep(runtime.to_device(x)))
-            out.append(a.to(dtype) if dtype is not None else a)
-            seen += len(x)
-            if limit is not None and seen >= limit:
-                break
-    return FeatureSet(torch.cat(out), batches.images.labels[:seen].clone())

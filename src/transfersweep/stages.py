@@ -215,7 +215,8 @@ def _block_cache(inputs: Inputs, cfg: DictConfig, n_frozen: int, train: Batches,
     cut = prefix_cache.split(layout, n_frozen)
     if isinstance(cut, str):
         return cut
-    probe = prefix_cache.extract(inputs.model, cut.prefix_eval, val, prep, runtime, limit=1)
+    model = inputs.model
+    probe = features.extract(model, val, prep, runtime, cut.prefix_eval, dtype=None, limit=1)
     numel, produced = probe.features[0].numel(), probe.features.dtype
     n = len(train.images) + len(val.images)
     budget, need = cfg.data.memory_budget_mb * 2**20, numel * n * produced.itemsize
@@ -228,11 +229,9 @@ def _block_cache(inputs: Inputs, cfg: DictConfig, n_frozen: int, train: Batches,
                 + (" (even at float16)" if produced.itemsize > 2 else "")
             )
         dtype, need = torch.float16, numel * n * 2
-    model = inputs.model
-    cached = prefix_cache.extract(
-        model, cut.prefix_train, _unshuffled(train, cfg), prep, runtime, dtype
-    )
-    val_set = prefix_cache.extract(model, cut.prefix_eval, val, prep, runtime, dtype)
+    unshuffled = _unshuffled(train, cfg)
+    cached = features.extract(model, unshuffled, prep, runtime, cut.prefix_train, dtype)
+    val_set = features.extract(model, val, prep, runtime, cut.prefix_eval, dtype)
     if dtype is not None:
         if not (cached.features.isfinite().all() and val_set.features.isfinite().all()):
             return "the frozen blocks' output overflows float16, and float32 is over the budget"

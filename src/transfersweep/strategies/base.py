@@ -96,9 +96,13 @@ class Layout:
     head: list[str]
     model_name: str = ""
 
+    def block_names(self, first: int = 0, stop: int | None = None) -> set[str]:
+        """Parameter names of blocks first..stop-1 (all blocks by default), no head."""
+        return {n for b in self.blocks[first:stop] for n in b}
+
     def names(self, first_block: int = 0) -> set[str]:
         """The head plus every block from `first_block` to the last."""
-        return {n for b in self.blocks[first_block:] for n in b} | set(self.head)
+        return self.block_names(first_block) | set(self.head)
 
     def check_blocks(self, key: str, value: int, low: int = 1) -> None:
         """A block count or index out of the model's range is a config error naming the fix."""
