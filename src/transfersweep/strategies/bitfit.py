@@ -15,7 +15,7 @@ class BitFit(Strategy):
     name = "bitfit"
 
     def phases(self, layout: Layout, epochs: int) -> list[Phase]:
-        biases = {n for b in layout.blocks for n in b if n.rsplit(".", 1)[-1] == "bias"}
+        biases = {n for n in layout.block_names() if n.rsplit(".", 1)[-1] == "bias"}
         if not biases:
             raise ConfigError(
                 f"freeze=bitfit: {layout.model_name} has no bias parameters outside its "

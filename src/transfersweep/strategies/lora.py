@@ -65,11 +65,11 @@ class LoRA(Strategy):
         """Names of the modules that get adapters (ConfigError when there are none)."""
         import torch
 
-        in_blocks = {n for b in layout.blocks for n in b}
+        in_blocks = layout.block_names()
         found: dict[str, list[str]] = {"linear": [], "conv": []}
         for name, module in layout.model.named_modules():
-            if _is_adapted(module) or f"{name}.weight" not in in_blocks:
-                continue  # already adapted, or the classifier / outside the blocks
+            if f"{name}.weight" not in in_blocks:
+                continue  # the classifier, or outside the blocks
             if isinstance(module, torch.nn.Linear):
                 found["linear"].append(name)
             elif isinstance(module, torch.nn.Conv2d) and module.groups == 1:

@@ -26,8 +26,7 @@ class NormOnly(Strategy):
     name = "norm"
 
     def phases(self, layout: Layout, epochs: int) -> list[Phase]:
-        in_blocks = {n for b in layout.blocks for n in b}
-        norms = norm_parameters(layout.model) & in_blocks
+        norms = norm_parameters(layout.model) & layout.block_names()
         if not norms:
             raise ConfigError(
                 f"freeze=norm: {layout.model_name} has no normalisation layers with parameters; "
