@@ -69,6 +69,14 @@ def test_auth_environment_keeps_the_password_out_of_files_and_arguments(tmp_path
         server.auth_env(args, tmp_path)["MLFLOW_FLASK_SERVER_SECRET_KEY"] == key.read_text()
     )  # kept
     assert "pw-123-secret" not in " ".join(server.command(args))
+    monkeypatch.delenv("MLFLOW_AUTH_ADMIN_PASSWORD")
+    outside = tmp_path.parent / f"{tmp_path.name}_auth.ini"  # not under the working directory
+    outside.write_text("[mlflow]\n# admin_password =\n")  # MLflow's template: commented out
+    with pytest.raises(server.AuthError, match="export MLFLOW_AUTH_ADMIN_PASSWORD"):
+        server.auth_env(_args(host="0.0.0.0", auth_config=str(outside)), tmp_path)
+    outside.write_text("[mlflow]\nadmin_password = pw-456\n")
+    env = server.auth_env(_args(host="0.0.0.0", auth_config=str(outside)), tmp_path)
+    assert env["MLFLOW_AUTH_CONFIG_PATH"] == str(outside.resolve())
     inside = tmp_path / "basic_auth_mine.ini"
     inside.write_text("[mlflow]\nadmin_password = x\n")
     with pytest.raises(server.AuthError, match="is inside this repository"):

@@ -129,13 +129,18 @@ def check_local_weights(cfg: DictConfig) -> None:
     """A local backbone.weights file that is not weights fails here, before timm and the data
     load (an MLflow URI is checked once downloaded)."""
     w = cfg.backbone.weights
-    if w and not ("://" in w or w.startswith(("runs:/", "models:/"))):
+    if w and not _is_uri(w):
         check_file(resolve_weights_path(w))
+
+
+def _is_uri(weights: str) -> bool:
+    """An MLflow artifact URI (runs:/..., models:/..., or any scheme://), not a local path."""
+    return "://" in weights or weights.startswith(("runs:/", "models:/"))
 
 
 def resolve_weights_path(weights: str, tracking_uri: str | None = None) -> Path:
     """A local path, or an MLflow artifact URI (runs:/..., models:/...) downloaded first."""
-    if "://" in weights or weights.startswith("runs:/") or weights.startswith("models:/"):
+    if _is_uri(weights):
         import mlflow
 
         try:
@@ -159,11 +164,9 @@ def resolve_weights_path(weights: str, tracking_uri: str | None = None) -> Path:
 _FIX = "Pass a state dict saved as .safetensors or .pth (e.g. a run's checkpoint/model.safetensors)"
 
 
-def _kind(path: Path) -> str:
+def _kind(head: bytes) -> str:
     """What a weights file holds, from its first bytes: safetensors, torch (zip or legacy
     pickle), empty, text, or unknown. Extensions lie; contents do not."""
-    with open(path, "rb") as f:
-        head = f.read(4096)
     if not head:
         return "empty"
     if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
@@ -221,13 +224,14 @@ def _refused(path: Path, e: Exception) -> WeightsError:
 def check_file(path: Path) -> str:
     """The file's kind ("safetensors" or "torch") after the checks that need no torch: an
     empty, text, unknown or truncated file is a WeightsError of one line."""
-    kind, size = _kind(path), path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    kind, size = _kind(head), path.stat().st_size
     name = f"backbone.weights={str(path)!r}"
     if kind == "empty":
         raise WeightsError(f"{name} is an empty file (0 bytes). {_FIX}")
     if kind == "text":
-        with open(path, "rb") as f:
-            lines = f.read(400).decode("utf-8", errors="replace").strip().splitlines()
+        lines = head[:400].decode("utf-8", errors="replace").strip().splitlines()
         first = (lines or [""])[0][:80]
         raise WeightsError(f"{name} is a text file, not weights (it starts: {first!r}). {_FIX}")
     if kind == "unknown" or (kind != "safetensors" and path.suffix == ".safetensors"):
@@ -235,8 +239,7 @@ def check_file(path: Path) -> str:
             f"{name} is not a weights file (neither safetensors nor torch; {size:,} bytes). {_FIX}"
         )
     if kind == "safetensors":
-        with open(path, "rb") as f:
-            problem = _safetensors_problem(path, f.read(8), size)
+        problem = _safetensors_problem(path, head, size)
         if problem:
             raise WeightsError(f"{name} is {problem}")
     return kind

@@ -57,7 +57,11 @@ def auth_env(args: argparse.Namespace, server_dir: Path) -> dict[str, str]:
                 f"--auth-config {ini} is inside this repository, where a password would be "
                 "committed: keep it outside (e.g. ~/.config/mlflow/basic_auth.ini, mode 600)"
             )
-        has_password = "admin_password" in ini.read_text()
+        import configparser
+
+        parsed = configparser.ConfigParser()
+        parsed.read(ini)
+        has_password = bool(parsed.get("mlflow", "admin_password", fallback=""))
     else:
         ini = server_dir / "basic_auth.ini"  # holds no password: that stays in the environment
         ini.write_text(

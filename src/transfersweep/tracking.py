@@ -203,7 +203,7 @@ def check_server(cfg: DictConfig) -> None:
                 f"refused the login of user {user!r} ({status}): check MLFLOW_TRACKING_PASSWORD, "
                 "and that the server's admin gave this user access"
                 if user
-                else "asks for a login (401): export MLFLOW_TRACKING_USERNAME and "
+                else f"asks for a login ({status}): export MLFLOW_TRACKING_USERNAME and "
                 "MLFLOW_TRACKING_PASSWORD (MLflow's own variables; never put them in a config value)"
             )
         )
