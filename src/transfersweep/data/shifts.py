@@ -16,8 +16,6 @@ import math
 
 import torch
 
-from transfersweep.config import OOD_SHIFTS as SHIFTS  # noqa: F401  (checked in config.validate)
-
 
 def apply(images: torch.Tensor, shift: str, severity: float, seed: int = 0) -> torch.Tensor:
     """uint8 (N,3,S,S) -> the same images shifted, uint8."""
