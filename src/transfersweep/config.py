@@ -123,6 +123,9 @@ class TrainerConfig:
     reuse_pretrain: bool = (
         True  # identical source stages run once (cache under <paths.outputs>/cache)
     )
+    # Save every epoch under <paths.outputs>/resume; the same command re-run after an
+    # interruption continues from the last complete epoch (transfersweep.resume)
+    resume: bool = True
 
 
 @dataclass

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -188,12 +189,14 @@ def fit(
     first_epoch: int = 1,
     lr_scales: Mapping[str, float] | None = None,
     frozen_stats: bool = False,
+    checkpoint: Any = None,
 ) -> FitResult:
     """Train `model`'s trainable parameters for `epochs` at `lr` (default optimizer.lr), with
     the optimizer settings of cfg.optimizer; the returned best_state has the best val
     accuracy. Epochs are numbered from `first_epoch` (a stage's later phases go on counting);
     with `eval_classes`, only the first that many logits count at evaluation; `frozen_stats`
-    keeps every BatchNorm in eval mode."""
+    keeps every BatchNorm in eval mode. A `checkpoint` (transfersweep.resume.FitCheckpoint)
+    puts a saved epoch back before the loop and saves every epoch the loop completes."""
     lr = cfg.optimizer.lr if lr is None else lr
     steps = epochs * len(train)
     opt, sched = make_optimizer(
@@ -206,7 +209,10 @@ def fit(
             m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
         ]
     result = FitResult()
-    for epoch in range(first_epoch, first_epoch + epochs):
+    done = 0  # the last epoch already trained (a resumed run)
+    if checkpoint is not None:
+        done = checkpoint.restore(model, opt, sched, scaler, train.gen, result)
+    for epoch in range(max(first_epoch, done + 1), first_epoch + epochs):
         t0 = time.perf_counter()
         freezing.train_mode(model, frozen)
         loss_sum = torch.zeros((), device=runtime.device)
@@ -253,4 +259,6 @@ def fit(
             }
         if on_epoch is not None:
             on_epoch(stats)
+        if checkpoint is not None:
+            checkpoint.save(epoch, model, opt, sched, scaler, train.gen, result)
     return result

@@ -60,8 +60,10 @@ def run(
     seed: int,
     mlrun: Any,
     report: Report | None = None,
+    checkpoint: Any = None,
 ) -> StageResult:
-    """Train `stage` (metrics under `prefix`) and leave the model at its best epoch."""
+    """Train `stage` (metrics under `prefix`) and leave the model at its best epoch; with a
+    `checkpoint` (transfersweep.resume.StageCheckpoint), from its saved epoch, saving each."""
     model, runtime, strategy = inputs.model, inputs.runtime, stage.strategy
     torch.manual_seed(seed)
     model.reset_classifier(stage.num_classes)  # every stage starts from a fresh head
@@ -70,7 +72,9 @@ def run(
         layout = freezing.layout(model, layout.model_name)
     model.to(runtime.device)
     try:
-        best = _phases(replace(inputs, layout=layout), cfg, stage, prefix, seed, mlrun, report)
+        best = _phases(
+            replace(inputs, layout=layout), cfg, stage, prefix, seed, mlrun, report, checkpoint
+        )
     finally:
         strategy.detach(model)  # a plain timm model again, whatever happened
     if layout is not inputs.layout:  # the best state had adapters: keep the merged model's
@@ -89,8 +93,11 @@ def _phases(
     seed: int,
     mlrun: Any,
     report: Report | None,
+    checkpoint: Any,
 ) -> StageResult:
-    """The stage's phases on `inputs.layout` (adapters attached); the model ends at its best."""
+    """The stage's phases on `inputs.layout` (adapters attached); the model ends at its best.
+    A resumed stage skips the phases its saved epoch is past and loads the saved model before
+    the feature cache is computed (the frozen part is the same, so the cache is too)."""
     model, data, runtime = inputs.model, inputs.data, inputs.runtime
     phases = [p for p in stage.strategy.phases(inputs.layout, stage.epochs) if p.epochs > 0]
     lr_scales = stage.strategy.lr_scales(inputs.layout)
@@ -115,7 +122,14 @@ def _phases(
     pin = runtime.device.type == "cuda"
     best: StageResult | None = None
     epoch, trainable = 1, 0
+    resume_phase = checkpoint.saved_phase if checkpoint is not None else None
     for i, phase in enumerate(phases):
+        if resume_phase is not None and i < resume_phase:
+            epoch += phase.epochs
+            continue
+        if i == resume_phase:
+            best = checkpoint.restore_model(model)
+            log.info("[%s] resumed from epoch %d", prefix, checkpoint.saved.point.epoch)
         plan = freezing.set_trainable(inputs.layout, phase.trains)
         trainable = plan.trainable
         log.info(
@@ -138,6 +152,7 @@ def _phases(
             lr=stage.lr * phase.lr_scale, eval_classes=stage.eval_classes, on_epoch=on_epoch,
             first_epoch=epoch, lr_scales=_scales_for(fit_model, model, lr_scales),
             frozen_stats=not phase.norm_stats,
+            checkpoint=checkpoint.phase(i, model, best) if checkpoint is not None else None,
         )  # fmt: skip
         fit_model.load_state_dict(result.best_state)  # the next phase starts from the best
         best_is_last = best is None or result.best_val_acc > best.best_val_acc
@@ -243,18 +258,32 @@ def _block_cache(inputs: Inputs, cfg: DictConfig, n_frozen: int, train: Batches,
     return cut.suffix, train, val, what
 
 
-def pretrain(inputs: Inputs, cfg: DictConfig, mlrun: Any) -> list[Stage]:
-    """Run the source stages before the first target stage (each once per distinct input,
-    reused across runs); returns the stages that remain: the target ones, which repeat."""
+def target_stages(inputs: Inputs) -> list[Stage]:
+    """The stages from the first that sees target data: they run once per repeat."""
     first_target = next(i for i, s in enumerate(inputs.stages) if s.on_target)
-    for i, stage in enumerate(inputs.stages[:first_target]):
-        _pretrain_stage(inputs, cfg, i, stage, mlrun)
     return inputs.stages[first_target:]
 
 
-def _pretrain_stage(inputs: Inputs, cfg: DictConfig, i: int, stage: Stage, mlrun: Any) -> None:
+def pretrain(inputs: Inputs, cfg: DictConfig, mlrun: Any, resume: Any = None) -> list[Stage]:
+    """Run the source stages before the first target stage (each once per distinct input,
+    reused across runs); returns the stages that remain: the target ones, which repeat. With
+    `resume` (transfersweep.resume.Resume), source stages its saved state is past are skipped
+    (their result is in the saved model) and the one it stands in continues."""
+    remaining = target_stages(inputs)
+    at = resume.point if resume is not None else None
+    for i, stage in enumerate(inputs.stages[: len(inputs.stages) - len(remaining)]):
+        if at is not None and at.repeat is None and i < at.stage:
+            continue
+        checkpoint = resume.stage(i, None) if resume is not None else None
+        _pretrain_stage(inputs, cfg, i, stage, mlrun, checkpoint)
+    return remaining
+
+
+def _pretrain_stage(
+    inputs: Inputs, cfg: DictConfig, i: int, stage: Stage, mlrun: Any, checkpoint: Any
+) -> None:
     if not cfg.trainer.reuse_pretrain:
-        run(inputs, cfg, stage, stage.name, cfg.seed + i, mlrun)
+        run(inputs, cfg, stage, stage.name, cfg.seed + i, mlrun, checkpoint=checkpoint)
         return
     from transfersweep import reuse
 
@@ -274,7 +303,7 @@ def _pretrain_stage(inputs: Inputs, cfg: DictConfig, i: int, stage: Stage, mlrun
             )
             mlrun.log_metrics({f"{stage.name}/best_val_acc": meta["best_val_acc"]})
             return
-        result = run(inputs, cfg, stage, stage.name, cfg.seed + i, mlrun)
+        result = run(inputs, cfg, stage, stage.name, cfg.seed + i, mlrun, checkpoint=checkpoint)
         entry.store(
             result.best_state, {"run_id": mlrun.run_id, "best_val_acc": result.best_val_acc}
         )
@@ -316,17 +345,23 @@ def repeat(
     rep: Repeat,
     mlrun: Any,
     report: Report | None = None,
+    resume: Any = None,
 ) -> RepeatResult:
     """The target stages on repeat `rep`'s k-shot draw and seed, scored on the fixed val and
-    test splits; `report` feeds the pruner from the last stage."""
+    test splits; `report` feeds the pruner from the last stage. With `resume`, stages its saved
+    state is past are skipped (their result is in the saved model)."""
     t0 = time.perf_counter()
     inputs = replace(inputs, data=inputs.data.drawn(rep.draw))
     first = len(inputs.stages) - len(target_stages)
+    at = resume.point if resume is not None else None
     for i, stage in enumerate(target_stages, start=first):
+        if at is not None and at.repeat == rep.index and i < at.stage:
+            continue
         prefix = stage.name if rep.index == 0 else f"{stage.name}_r{rep.index}"
         last = stage is target_stages[-1]
         seed = cfg.seed + i + 1000 * rep.seed
-        result = run(inputs, cfg, stage, prefix, seed, mlrun, report if last else None)
+        checkpoint = resume.stage(i, rep.index) if resume is not None else None
+        result = run(inputs, cfg, stage, prefix, seed, mlrun, report if last else None, checkpoint)
     final, target = target_stages[-1], inputs.data.target
     test = inputs.data.eval_batches(final.data, "test", cfg)
     n_classes = len(target.classes)

@@ -99,11 +99,16 @@ class Run:
         self.client, self.run_id, self.experiment_id, self.uri = client, run_id, experiment_id, uri
         self._buffer: list[Any] = []  # per-epoch metrics waiting for the next flush
         self._flushed = time.monotonic()
+        self.known_params: dict[str, str] = {}  # a continued run's (MLflow's params are final)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
+        """The params; a continued run keeps those it has (a re-queued trial's number and id
+        differ: the tags `trial` and `resumed_from_trial` tell)."""
         from mlflow.entities import Param
 
-        self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        new = [Param(k, str(v)) for k, v in params.items() if k not in self.known_params]
+        if new:
+            self.client.log_batch(self.run_id, params=new)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         """Buffered: written in one batch every FLUSH_SECONDS and when the run ends (each store
@@ -246,8 +251,11 @@ def _open_experiment(cfg: DictConfig) -> tuple[Any, str, str]:
 
 
 @contextmanager
-def start(cfg: DictConfig, run_name: str, tags: Mapping[str, Any]) -> Iterator[Run]:
-    """Open a run; on exit it is FINISHED, or FAILED (error tag) / KILLED on interrupt, then re-raised."""
+def start(
+    cfg: DictConfig, run_name: str, tags: Mapping[str, Any], resume_run_id: str | None = None
+) -> Iterator[Run]:
+    """Open a run; on exit it is FINISHED, or FAILED (error tag) / KILLED on interrupt, then
+    re-raised. `resume_run_id`: an interrupted run that this one continues (transfersweep.resume)."""
     if not cfg.tracking.enabled:
         yield NoRun()
         return
@@ -255,8 +263,10 @@ def start(cfg: DictConfig, run_name: str, tags: Mapping[str, Any]) -> Iterator[R
     all_tags = {"mlflow.runName": run_name, **{k: str(v) for k, v in tags.items()}}
     if cfg.tracking.parent_run_id:
         all_tags["mlflow.parentRunId"] = cfg.tracking.parent_run_id
-    mlrun = client.create_run(exp_id, run_name=run_name, tags=all_tags)
-    run = Run(client, mlrun.info.run_id, exp_id, uri)
+    run = _reopen(client, resume_run_id, exp_id, uri, all_tags) if resume_run_id else None
+    if run is None:
+        mlrun = client.create_run(exp_id, run_name=run_name, tags=all_tags)
+        run = Run(client, mlrun.info.run_id, exp_id, uri)
     try:
         yield run
     except BaseException as e:
@@ -273,6 +283,32 @@ def start(cfg: DictConfig, run_name: str, tags: Mapping[str, Any]) -> Iterator[R
         raise
     run.flush()
     client.set_terminated(run.run_id, status="FINISHED")
+
+
+def _reopen(client: Any, run_id: str, exp_id: str, uri: str, tags: Mapping[str, str]):
+    """The interrupted run `run_id`, RUNNING again with this run's tags, its end's error tags
+    gone; None (a new run) when the store no longer has it."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        old = client.get_run(run_id)
+    except MlflowException:
+        old = None
+    if old is None or old.info.experiment_id != exp_id or old.info.lifecycle_stage != "active":
+        log.warning(
+            "MLflow run %s (the interrupted run) is not in this experiment any more: a new run "
+            "holds the rest, without the epochs before the resume",
+            run_id,
+        )
+        return None
+    for gone in ("error", "error_type", "pruned", "pruned_reason"):
+        if gone in old.data.tags:
+            client.delete_tag(run_id, gone)
+    client.update_run(run_id, status="RUNNING")
+    run = Run(client, run_id, exp_id, uri)
+    run.known_params = dict(old.data.params)
+    run.set_tags(tags)
+    return run
 
 
 def save_checkpoint(

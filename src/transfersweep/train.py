@@ -15,6 +15,7 @@ is still visible (FAILED, with the reason) beside its siblings.
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import time
@@ -36,7 +37,7 @@ register_schemas()
 
 def run(cfg: DictConfig) -> float:
     """Run one paradigm; returns the objective: mean target validation accuracy over repeats."""
-    from transfersweep import inputs, tracking
+    from transfersweep import inputs, resume, tracking
     from transfersweep.memory import memory_guard
     from transfersweep.sweep.trial import TrialLink
 
@@ -48,10 +49,17 @@ def run(cfg: DictConfig) -> float:
         tags |= {"trial": str(link.number), "study": str(link.study)}
     tags |= dict(cfg.tracking.tags)
     log.info("%s | %s on %s", paradigm, cfg.backbone.name, cfg.data.name)
-    with tracking.start(cfg, paradigm.name, tags) if link.active else nullcontext() as early:
-        ready = memory_guard(cfg, "preparing data and model", inputs.load, cfg, link.parallel_jobs)
-        with nullcontext(early) if early else tracking.start(cfg, paradigm.name, tags) as mlrun:
-            out = memory_guard(cfg, "training", train, ready, cfg, paradigm, link, mlrun)
+    state = resume.open_run(cfg, link.study if link.active else None, link.number)
+    track = functools.partial(
+        tracking.start, cfg, paradigm.name, tags, state.run_id if state else None
+    )  # a resumed run continues its MLflow run
+    with resume.kept_on_interrupt(state):
+        with track() if link.active else nullcontext() as early:
+            ready = memory_guard(
+                cfg, "preparing data and model", inputs.load, cfg, link.parallel_jobs
+            )
+            with nullcontext(early) if early else track() as mlrun:
+                out = memory_guard(cfg, "training", train, ready, cfg, paradigm, link, mlrun, state)
     where = f"MLflow run {mlrun.run_id} in {tracking.redact(mlrun.uri)} -> `make ui`, then {mlrun.ui_url()}"
     log.info(
         "done: %s | %s on %s | target val_acc %s  test_acc %s%s | %.0fs | %s",
@@ -67,28 +75,44 @@ def _pm(e: Any) -> str:
     return f"{e.mean:.4f}" if e.ci95 is None else f"{e.mean:.4f} ± {e.ci95:.4f} (95% CI, n={e.n})"
 
 
-def train(ready: Any, cfg: DictConfig, paradigm: Paradigm, link: Any, mlrun: Any):
+def train(
+    ready: Any, cfg: DictConfig, paradigm: Paradigm, link: Any, mlrun: Any, state: Any = None
+):
     """Source stages once, the target stages once per repeat (each from the same start, on its
     own k-shot draw and seed: transfersweep.repeats), then the results. The first repeat's
-    last stage feeds the sweep's pruner."""
+    last stage feeds the sweep's pruner. With `state` (transfersweep.resume.Resume), every
+    epoch is saved, and a saved state is continued from its last epoch."""
     from transfersweep import repeats as repeats_mod
     from transfersweep import results, stages
 
     t0 = time.perf_counter()
     results.log_inputs(mlrun, cfg, ready)
-    target_stages = stages.pretrain(ready, cfg, mlrun)
+    pruning = link.pruning(cfg.pruner)
+    if state is not None:
+        state.attach(mlrun, ready.stages, pruning)
     plan = repeats_mod.plan(cfg.trainer)
     if len(plan) > 1 and cfg.trainer.repeat_over != "seed" and ready.data.target.k_shot is None:
         log.info("data.target.k_shot=null: every repeat trains on all target images (seeds vary)")
-    start = stages.snapshot(ready) if len(plan) > 1 else None
-    pruning = link.pruning(cfg.pruner)
-    repeats = []
+    if state is not None and state.past_source():
+        target_stages, start = stages.target_stages(ready), state.start() if len(plan) > 1 else None
+    else:
+        target_stages = stages.pretrain(ready, cfg, mlrun, state)
+        start = stages.snapshot(ready) if len(plan) > 1 else None
+        if state is not None and start is not None:
+            state.set_start(start)
+    repeats = state.done_repeats() if state is not None else []
     for i, rep in enumerate(plan):
+        if any(r.index == rep.index for r in repeats):
+            continue  # scored before the interruption
         if start is not None and i > 0:
             stages.restore(ready, start)
         report = pruning.report if pruning is not None and i == 0 else None
-        repeats.append(stages.repeat(ready, cfg, target_stages, rep, mlrun, report))
-    seconds = time.perf_counter() - t0
+        if report is not None and state is not None:
+            report = state.recording(report)
+        repeats.append(stages.repeat(ready, cfg, target_stages, rep, mlrun, report, state))
+        if state is not None:
+            state.repeat_done(repeats[-1])
+    seconds = time.perf_counter() - t0 + (state.elapsed_before if state is not None else 0.0)
     return results.log(mlrun, link, cfg, paradigm, ready, repeats, seconds)
 
 

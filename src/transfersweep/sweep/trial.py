@@ -107,6 +107,12 @@ class Pruning:
         )
         self.trial = optuna.trial.Trial(study, link.id)
 
+    def replay(self, reports: list[list[float]]) -> None:
+        """A resumed trial's earlier epochs (reported by the trial it continues), without
+        asking the pruner again: they passed then."""
+        for epoch, value in reports:
+            self.trial.report(value, int(epoch))
+
     def report(self, value: float, epoch: int) -> None:
         self.trial.report(value, epoch)
         if self.trial.should_prune():

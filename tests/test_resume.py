@@ -1,0 +1,254 @@
+"""Mid-run resume: an interrupted run continues from its last complete epoch and ends with
+exactly the metrics, summary and checkpoint of a run that was never interrupted."""
+
+from __future__ import annotations
+
+import _thread
+import glob
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+
+from conftest import FAST, compose, runs
+from transfersweep import resume, train
+
+# pretrain (source stage) then LP-FT on the target: two phases, the first on cached features;
+# two repeats, so a resume can land in a source stage, in either phase, or in a later repeat
+PARADIGM = [
+    *FAST,
+    "regime=pretrain_finetune",
+    "freeze=lp_ft",
+    "freeze.probe_epochs=2",
+    "trainer.repeats=2",
+    "trainer.reuse_pretrain=false",  # the source stage itself must resume, not come from a cache
+]
+VOLATILE = ("images_per_s", "seconds")  # wall-clock measurements: never equal
+
+
+def _saved_point(outputs: Path) -> dict | None:
+    for f in glob.glob(str(outputs / "resume" / "*" / "state.json")):
+        try:
+            return json.loads(Path(f).read_text())["point"]
+        except (OSError, ValueError):
+            return None  # mid-rename
+    return None
+
+
+def _record(outputs: Path) -> dict:
+    """The run's MLflow record: status, tags, each metric's (step, value) pairs, summary.json
+    and the checkpoint's bytes. Values logged again at a step (the epoch a kill cut short, and
+    the inputs a resumed run logs again) must be identical: the pairs are a set."""
+    client, found = runs(outputs)
+    (r,) = found
+    run_id = r.info.run_id
+    history = {}
+    for k in r.data.metrics:
+        if not any(v in k for v in VOLATILE):
+            history[k] = sorted({(m.step, m.value) for m in client.get_metric_history(run_id, k)})
+    root = Path(client.download_artifacts(run_id, "", str(outputs / f"dl-{run_id}")))
+    summary = json.loads((root / "summary.json").read_text())
+    for k in ("seconds", "target_seconds"):
+        summary.pop(k)
+    for rep in summary["repeats"]:
+        rep.pop("seconds")
+    weights = (root / "checkpoint" / "model.safetensors").read_bytes()
+    return {"run": r, "history": history, "summary": summary, "weights": weights}
+
+
+def _assert_same_results(resumed: dict, uninterrupted: dict) -> None:
+    assert resumed["history"].keys() == uninterrupted["history"].keys()
+    for k, pairs in uninterrupted["history"].items():
+        assert resumed["history"][k] == pairs, k
+    assert resumed["summary"] == uninterrupted["summary"]
+    assert resumed["weights"] == uninterrupted["weights"]  # the logged checkpoint, bit for bit
+
+
+def _interrupt_when(outputs: Path, reached) -> threading.Thread:
+    """Ctrl-C (KeyboardInterrupt in the main thread) once the saved state reaches a point."""
+
+    def watch() -> None:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            p = _saved_point(outputs)
+            if p is not None and reached(p):
+                _thread.interrupt_main()
+                return
+            time.sleep(0.002)
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    return t
+
+
+def test_an_interrupted_run_resumes_where_it_stopped_with_identical_results(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="transfersweep")
+    args = [*PARADIGM, "trainer.source_epochs=4", "trainer.target_epochs=40"]
+    train.run(compose(args, tmp_path / "a"))
+    b = tmp_path / "b"
+    watcher = _interrupt_when(b, lambda p: p["repeat"] == 1 and p["epoch"] >= 5)
+    with pytest.raises(KeyboardInterrupt):
+        train.run(compose(args, b))
+    watcher.join()
+    saved = _saved_point(b)
+    assert saved["repeat"] == 1 and saved["phase"] == 1 and saved["epoch"] < 40, saved
+    (killed,) = runs(b)[1]
+    assert killed.info.status == "KILLED"
+    caplog.clear()
+    train.run(compose(args, b))
+    assert f"resumed from epoch {saved['epoch']} (finetune, repeat 1)" in caplog.text
+    assert "[pretrain] epoch" not in caplog.text  # nothing before the saved epoch runs again
+    resumed = _record(b)
+    r = resumed["run"]
+    assert r.info.run_id == killed.info.run_id and r.info.status == "FINISHED"
+    assert r.data.tags["resumed_from_epoch"] == str(saved["epoch"])
+    assert "error" not in r.data.tags  # the interruption's tags went with it
+    _assert_same_results(resumed, _record(tmp_path / "a"))
+    assert not [p for p in (b / "resume").iterdir() if p.is_dir()]  # removed at the end
+
+
+def _start(args: list[str], cwd: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "transfersweep.train", *args]
+    return subprocess.Popen(
+        cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+def _kill_9_when(args: list[str], outputs: Path, reached) -> dict:
+    """Run the entrypoint until the saved state reaches a point, then SIGKILL it: no handler
+    runs, nothing is flushed or cleaned. Returns the point saved last."""
+    proc = _start(args, outputs.parent)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        p = _saved_point(outputs)
+        if p is not None and reached(p):
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+            return _saved_point(outputs)
+        if proc.poll() is not None:
+            raise AssertionError(f"ended before the kill: {proc.stdout.read()[-3000:]}")
+        time.sleep(0.005)
+    proc.kill()
+    raise AssertionError("the saved state never reached the point")
+
+
+@pytest.mark.slow  # five training processes, two of them killed with SIGKILL
+def test_kill_9_in_the_source_stage_then_in_a_later_repeat_resumes_exactly(tmp_path):
+    args = [*PARADIGM, "trainer.source_epochs=20", "trainer.target_epochs=40"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    out = subprocess.run(
+        [sys.executable, "-m", "transfersweep.train", *args, f"paths.outputs={a}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    cmd = [*args, f"paths.outputs={b}"]
+    first = _kill_9_when(cmd, b, lambda p: p["repeat"] is None and p["epoch"] >= 3)
+    assert first["repeat"] is None and first["epoch"] < 20  # in the source stage
+    (dead,) = runs(b)[1]
+    assert dead.info.status == "RUNNING"  # SIGKILL: nobody ended it
+    second = _kill_9_when(cmd, b, lambda p: p["repeat"] == 1 and p["epoch"] >= 4)
+    assert second["repeat"] == 1 and second["epoch"] < 40
+    out = subprocess.run(
+        [sys.executable, "-m", "transfersweep.train", *cmd],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    log = out.stdout + out.stderr
+    assert out.returncode == 0, log[-3000:]
+    assert f"resumed from epoch {second['epoch']} (finetune, repeat 1)" in log
+    resumed = _record(b)
+    assert resumed["run"].info.run_id == dead.info.run_id
+    assert resumed["run"].info.status == "FINISHED"
+    _assert_same_results(resumed, _record(a))
+    assert not [p for p in (b / "resume").iterdir() if p.is_dir()]
+
+
+@pytest.mark.slow  # a sweep killed with SIGKILL, then the same command again
+def test_a_killed_sweep_trial_is_resumed_by_its_retry(tmp_path):
+    cells = [*FAST, "regime=target_only", "trainer.target_epochs=30", "pruner.name=median"]
+    sweep = ["-m", "sweep=grid", *cells, "freeze=full", f"paths.outputs={tmp_path / 's'}"]
+    killed_at = _kill_9_when(sweep, tmp_path / "s", lambda p: p["epoch"] >= 4)
+    out = subprocess.run(
+        [sys.executable, "-m", "transfersweep.train", *sweep],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    log = out.stdout + out.stderr
+    assert out.returncode == 0, log[-3000:]
+    assert f"resumed from epoch {killed_at['epoch']}" in log
+    study = optuna.load_study(
+        study_name="grid-digits-test_resnet", storage=f"sqlite:///{tmp_path / 's' / 'optuna.db'}"
+    )
+    dead, retry = study.trials
+    assert dead.state.name == "FAIL" and retry.state.name == "COMPLETE"
+    assert sorted(retry.intermediate_values) == list(range(1, 31))  # replayed, then its own
+    client, found = runs(tmp_path / "s")
+    (child,) = [r for r in found if "trial" in r.data.tags]  # the dead trial's run, finished
+    assert child.info.status == "FINISHED" and child.info.run_id == retry.user_attrs["run_id"]
+    assert child.data.tags["trial"] == str(retry.number)
+    assert child.data.tags["resumed_from_trial"] == str(dead.number)
+    assert [m.step for m in client.get_metric_history(child.info.run_id, "target/val_acc")][
+        -1
+    ] == 30
+    # the same paradigm run alone, never interrupted: the same objective
+    single = tmp_path / "single"
+    train_args = [*cells, "freeze=full", f"paths.outputs={single}"]
+    out = subprocess.run(
+        [sys.executable, "-m", "transfersweep.train", *train_args],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    (alone,) = runs(single)[1]
+    assert retry.value == alone.data.metrics["val_acc"]
+
+
+def test_a_torn_write_is_never_loaded_and_a_damaged_state_starts_afresh(tmp_path, caplog):
+    cfg = compose(FAST, tmp_path)
+    state = resume.open_run(cfg, None, None)
+    weights = {"model/w": torch.arange(6.0)}
+    state.commit(resume.Point(0, None, 0, 3), weights, {"note": "epoch 3"})
+    state.keep()
+    folder = state.dir
+    (committed,) = [f for f in folder.glob("state-*.safetensors")]
+    # a kill during the next commit: half a tensors file, half a state.json, never renamed
+    (folder / "state-deadbeef.safetensors").write_bytes(committed.read_bytes()[:100])
+    (folder / ".state.json.4242.tmp").write_text('{"point": {"epoch": 4')
+    again = resume.open_run(cfg, None, None)
+    assert again.point == resume.Point(0, None, 0, 3)
+    assert torch.equal(again.saved.tensors["model/w"], weights["model/w"])
+    assert sorted(f.name for f in folder.iterdir()) == sorted(["state.json", committed.name])
+    again.keep()
+    # the committed file damaged afterwards (a disk fault): said, and the run starts afresh
+    committed.write_bytes(committed.read_bytes()[:50])
+    fresh = resume.open_run(cfg, None, None)
+    assert fresh.point is None and "unreadable" in caplog.text
+    fresh.finish()
+    assert not folder.exists()
+
+
+def test_one_process_owns_a_state_and_resume_false_saves_none(tmp_path, caplog):
+    cfg = compose(FAST, tmp_path)
+    owner = resume.open_run(cfg, None, None)
+    assert resume.open_run(cfg, None, None) is None  # same config, another run: goes without
+    assert "another process is running this same config" in caplog.text
+    owner.finish()
+    assert resume.open_run(compose([*FAST, "trainer.resume=false"], tmp_path), None, None) is None
+    train.run(compose([*FAST, "regime=target_only", "trainer.resume=false"], tmp_path / "off"))
+    assert not (tmp_path / "off" / "resume").exists()
+
+
+def test_the_identity_is_the_config_and_study_not_the_trial_number():
+    base = compose(FAST)
+    renumbered = compose([*FAST, "trial.number=7", "trial.id=8", "tracking.parent_run_id=abc"])
+    assert resume.key(base, None) == resume.key(renumbered, None)
+    assert resume.key(base, None) != resume.key(base, "study-a")
+    assert resume.key(base, None) != resume.key(compose([*FAST, "optimizer.lr=0.01"]), None)
+    assert resume.key(base, None) == resume.key(compose([*FAST, "trainer.resume=false"]), None)
