@@ -14,6 +14,7 @@ import bench_epoch  # noqa: E402
 import bench_feature_cache  # noqa: E402
 import bench_memory  # noqa: E402
 import bench_pruning  # noqa: E402
+import bench_resume  # noqa: E402
 import bench_reuse  # noqa: E402
 import bench_startup  # noqa: E402
 import bench_tracking  # noqa: E402
@@ -35,6 +36,7 @@ if __name__ == "__main__":
         ("block_cache", bench_block_cache.main),
         ("tracking", bench_tracking.main),
         ("reuse", bench_reuse.main),
+        ("resume", bench_resume.main),
         ("pruning", bench_pruning.main),
         ("memory", bench_memory.main),
         ("workers", bench_workers.main),

@@ -32,3 +32,12 @@ def test_block_cache_benchmark_runs(capsys):
     r = bench_block_cache.run("tiny", 32, 10)
     assert r["cached_val_acc"] == pytest.approx(r["uncached_val_acc"], abs=1e-3)  # same work
     assert "last_blocks (1 block) trial" in capsys.readouterr().out
+
+
+def test_resume_benchmark_runs(capsys):
+    import bench_resume
+
+    r = bench_resume.run("tiny", 5, image_size=16)
+    assert r["peak_mb"] > 0  # a state was really written every epoch
+    assert r["val_acc_on"] == r["val_acc_off"]  # and saving it changed nothing
+    assert "resume on / off" in capsys.readouterr().out

@@ -156,13 +156,41 @@ def _write(path: Path, write: Any) -> None:
 
 
 def _save_tensors(folder: Path, stem: str, tensors: dict[str, torch.Tensor]) -> tuple[str, int]:
-    from safetensors.torch import save_file
-
     folder.mkdir(parents=True, exist_ok=True)
     name = f"{stem}-{uuid.uuid4().hex[:8]}.safetensors"  # fresh: never the committed file
     data = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    _write(folder / name, lambda p: save_file(data, str(p)))
+    _write(folder / name, lambda p: _write_safetensors(p, data))
     return name, (folder / name).stat().st_size
+
+
+_DTYPES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
+    torch.uint8: "U8", torch.bool: "BOOL",
+}  # fmt: skip
+
+
+def _write_safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """The safetensors format (8-byte header size, JSON header, raw little-endian data), written
+    straight from the tensors' memory: file.write releases the GIL, so training goes on while
+    the background writer works (safetensors' own save_file holds it while it copies)."""
+    header: dict[str, Any] = {}
+    offset = 0
+    for k, v in tensors.items():
+        n = v.numel() * v.element_size()
+        header[k] = {
+            "dtype": _DTYPES[v.dtype],
+            "shape": list(v.shape),
+            "data_offsets": [offset, offset + n],
+        }
+        offset += n
+    head = json.dumps(header, separators=(",", ":")).encode()
+    head += b" " * (-len(head) % 8)  # the data starts 8-byte aligned
+    with open(path, "wb") as fh:
+        fh.write(len(head).to_bytes(8, "little") + head)
+        for v in tensors.values():
+            if v.numel():
+                fh.write(memoryview(v.reshape(-1).view(torch.uint8).numpy()))
 
 
 class Resume:
