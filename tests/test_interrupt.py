@@ -46,12 +46,18 @@ def test_sigterm_during_a_run_ends_it_killed(tmp_path):
         tmp_path,
     )
     _wait_for_epoch(proc, "[target] epoch")
+    deadline = time.time() + 60
+    while not list((tmp_path / "resume").glob("*/state.json")) and time.time() < deadline:
+        time.sleep(0.01)  # an epoch's resume state is on disk
     proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=60)
+    out = proc.communicate(timeout=60)[0]
     assert proc.returncode != 0
     _, (r,) = runs(tmp_path)
     assert r.info.status == "KILLED"
     assert "SIGTERM" in r.data.tags["error"]
+    # its last epoch stays on disk for the same command to continue (tests/test_resume.py)
+    assert "resume state kept in" in out
+    assert len(list((tmp_path / "resume").glob("*/state.json"))) == 1
 
 
 def test_sigterm_during_a_sweep_fails_the_trial_and_keeps_finished_ones(tmp_path):
@@ -66,6 +72,9 @@ def test_sigterm_during_a_sweep_fails_the_trial_and_keeps_finished_ones(tmp_path
     ]
     proc = _start(args, tmp_path)
     _wait_for_epoch(proc, "[target] epoch")
+    deadline = time.time() + 60
+    while not list((tmp_path / "resume").glob("*/state.json")) and time.time() < deadline:
+        time.sleep(0.01)  # an epoch's resume state is on disk
     proc.send_signal(signal.SIGTERM)
     out = proc.communicate(timeout=60)[0]
     assert proc.returncode != 0, out

@@ -22,16 +22,10 @@ import torch
 from conftest import FAST, compose, runs
 from transfersweep import resume, train
 
-# pretrain (source stage) then LP-FT on the target: two phases, the first on cached features;
-# two repeats, so a resume can land in a source stage, in either phase, or in a later repeat
-PARADIGM = [
-    *FAST,
-    "regime=pretrain_finetune",
-    "freeze=lp_ft",
-    "freeze.probe_epochs=2",
-    "trainer.repeats=2",
-    "trainer.reuse_pretrain=false",  # the source stage itself must resume, not come from a cache
-]
+# pretrain (source stage) then the target stage, twice (two repeats): a resume can land in the
+# source stage, in any phase of the target stage, or in a later repeat
+PARADIGM = [*FAST, "regime=pretrain_finetune", "trainer.repeats=2"]
+LP_FT = ["freeze=lp_ft", "freeze.probe_epochs=2"]
 VOLATILE = ("images_per_s", "seconds")  # wall-clock measurements: never equal
 
 
@@ -90,9 +84,20 @@ def _interrupt_when(outputs: Path, reached) -> threading.Thread:
     return t
 
 
-def test_an_interrupted_run_resumes_where_it_stopped_with_identical_results(tmp_path, caplog):
+@pytest.mark.parametrize(
+    "strategy",
+    [
+        ["freeze=lp_ft", "freeze.probe_epochs=2"],  # pooled-feature probe, then everything
+        ["freeze=gradual", "freeze.unfreeze_every=3"],  # block-boundary cache, phase by phase
+        ["freeze=lora"],  # adapters attached (saved with them), merged at the end
+    ],
+    ids=["lp_ft", "gradual", "lora"],
+)
+def test_an_interrupted_run_resumes_where_it_stopped_with_identical_results(
+    tmp_path, caplog, strategy
+):
     caplog.set_level(logging.INFO, logger="transfersweep")
-    args = [*PARADIGM, "trainer.source_epochs=4", "trainer.target_epochs=40"]
+    args = [*PARADIGM, *strategy, "trainer.source_epochs=4", "trainer.target_epochs=40"]
     train.run(compose(args, tmp_path / "a"))
     b = tmp_path / "b"
     watcher = _interrupt_when(b, lambda p: p["repeat"] == 1 and p["epoch"] >= 5)
@@ -100,7 +105,9 @@ def test_an_interrupted_run_resumes_where_it_stopped_with_identical_results(tmp_
         train.run(compose(args, b))
     watcher.join()
     saved = _saved_point(b)
-    assert saved["repeat"] == 1 and saved["phase"] == 1 and saved["epoch"] < 40, saved
+    assert saved["repeat"] == 1 and 5 <= saved["epoch"] < 40, saved
+    if strategy[0] == "freeze=lp_ft":
+        assert saved["phase"] == 1  # in the fine-tuning phase, after the cached probe
     (killed,) = runs(b)[1]
     assert killed.info.status == "KILLED"
     caplog.clear()
@@ -144,7 +151,7 @@ def _kill_9_when(args: list[str], outputs: Path, reached) -> dict:
 
 @pytest.mark.slow  # five training processes, two of them killed with SIGKILL
 def test_kill_9_in_the_source_stage_then_in_a_later_repeat_resumes_exactly(tmp_path):
-    args = [*PARADIGM, "trainer.source_epochs=20", "trainer.target_epochs=40"]
+    args = [*PARADIGM, *LP_FT, "trainer.source_epochs=20", "trainer.target_epochs=40"]
     a, b = tmp_path / "a", tmp_path / "b"
     out = subprocess.run(
         [sys.executable, "-m", "transfersweep.train", *args, f"paths.outputs={a}"],

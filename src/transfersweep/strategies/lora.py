@@ -118,6 +118,8 @@ class LoRA(Strategy):
             parent_name, _, child = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
             setattr(parent, child, module.get_base_layer())
+        if "peft_config" in vars(model):  # inject_adapter_in_model's record: the next attach
+            del model.peft_config  # (a later repeat) would warn of "multiple adapters"
 
 
 def _is_adapted(module: torch.nn.Module) -> bool:
