@@ -120,7 +120,7 @@ def test_an_interrupted_run_resumes_where_it_stopped_with_identical_results(
     assert r.data.tags["resumed_from_epoch"] == str(saved["epoch"])
     assert "error" not in r.data.tags  # the interruption's tags went with it
     _assert_same_results(resumed, _record(tmp_path / "a"))
-    assert not [p for p in (b / "resume").iterdir() if p.is_dir()]  # removed at the end
+    assert not list((b / "resume").iterdir())  # state and lock removed at the end
 
 
 def _start(args: list[str], cwd: Path) -> subprocess.Popen:
@@ -176,7 +176,7 @@ def test_kill_9_in_the_source_stage_then_in_a_later_repeat_resumes_exactly(tmp_p
     assert resumed["run"].info.run_id == dead.info.run_id
     assert resumed["run"].info.status == "FINISHED"
     _assert_same_results(resumed, _record(a))
-    assert not [p for p in (b / "resume").iterdir() if p.is_dir()]
+    assert not list((b / "resume").iterdir())
 
 
 @pytest.mark.slow  # a sweep killed with SIGKILL, then the same command again
@@ -205,6 +205,7 @@ def test_a_killed_sweep_trial_is_resumed_by_its_retry(tmp_path):
     assert [m.step for m in client.get_metric_history(child.info.run_id, "target/val_acc")][
         -1
     ] == 30
+    assert not list((tmp_path / "s" / "resume").iterdir())
     # the same paradigm run alone, never interrupted: the same objective
     single = tmp_path / "single"
     train_args = [*cells, "freeze=full", f"paths.outputs={single}"]
@@ -247,6 +248,10 @@ def test_one_process_owns_a_state_and_resume_false_saves_none(tmp_path, caplog):
     assert resume.open_run(cfg, None, None) is None  # same config, another run: goes without
     assert "another process is running this same config" in caplog.text
     owner.finish()
+    successor = resume.open_run(cfg, None, None)  # the owner is done: the next run owns it
+    assert successor is not None
+    successor.finish()
+    assert not list((tmp_path / "resume").iterdir())
     assert resume.open_run(compose([*FAST, "trainer.resume=false"], tmp_path), None, None) is None
     train.run(compose([*FAST, "regime=target_only", "trainer.resume=false"], tmp_path / "off"))
     assert not (tmp_path / "off" / "resume").exists()
@@ -259,3 +264,23 @@ def test_the_identity_is_the_config_and_study_not_the_trial_number():
     assert resume.key(base, None) != resume.key(base, "study-a")
     assert resume.key(base, None) != resume.key(compose([*FAST, "optimizer.lr=0.01"]), None)
     assert resume.key(base, None) == resume.key(compose([*FAST, "trainer.resume=false"]), None)
+
+
+def test_ctrl_c_during_a_store_write_waits_for_the_write(tmp_path):
+    """Ctrl-C inside SQLite's write transaction would leave it open: ending the run KILLED then
+    failed with 'database is locked' and the run stayed RUNNING (found by the test above)."""
+    from transfersweep import tracking
+
+    cfg = compose(FAST, tmp_path)
+    reached = []
+    with pytest.raises(KeyboardInterrupt):
+        with tracking.start(cfg, "interrupted", {}) as run:
+            run.log_metrics({"epoch_metric": 0.5}, step=3)
+            with tracking.uninterrupted():
+                _thread.interrupt_main()  # Ctrl-C arrives before the write below
+                run.flush()
+                reached.append("the write finished first")
+            reached.append("not this")
+    assert reached == ["the write finished first"]  # then the interrupt, at once
+    (r,) = runs(tmp_path)[1]
+    assert r.info.status == "KILLED" and r.data.metrics["epoch_metric"] == 0.5

@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import random
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -75,11 +76,8 @@ def open_run(cfg: DictConfig, study: str | None, trial: int | None) -> Resume | 
     root = Path(cfg.paths.outputs).expanduser().resolve() / "resume"
     root.mkdir(parents=True, exist_ok=True)
     k = key(cfg, study)
-    lock = open(root / f"{k}.lock", "w")
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        lock.close()
+    lock = _lock(root / f"{k}.lock")
+    if lock is None:
         log.warning(
             "another process is running this same config (resume state %s): this run starts "
             "from epoch 1 and saves no resume state",
@@ -87,6 +85,24 @@ def open_run(cfg: DictConfig, study: str | None, trial: int | None) -> Resume | 
         )
         return None
     return Resume(root / k, k, lock, trial, _load(root / k, k))
+
+
+def _lock(path: Path) -> Any:
+    """An exclusive lock on `path`, or None while another process holds it. The owner deletes
+    the file when it is done, so a lock taken on a file deleted meanwhile is taken again."""
+    while True:
+        fh = open(path, "a")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.close()
+            return None
+        try:
+            if os.stat(path).st_ino == os.fstat(fh.fileno()).st_ino:
+                return fh
+        except FileNotFoundError:
+            pass
+        fh.close()
 
 
 @dataclass
@@ -134,7 +150,7 @@ def _load(folder: Path, k: str) -> Saved | None:
             if not path.is_file() or path.stat().st_size != size:
                 raise ValueError(f"{name} is missing or not {size} bytes")
             tensors |= load_file(str(path))
-    except (ValueError, KeyError, OSError) as e:
+    except Exception as e:  # JSON, sizes, safetensors' own errors: whatever it is, say it
         log.warning("resume state %s unreadable (%s): starting from epoch 1", folder, e)
         return None
     return Saved(doc, tensors)
@@ -174,6 +190,11 @@ def _write_safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     """The safetensors format (8-byte header size, JSON header, raw little-endian data), written
     straight from the tensors' memory: file.write releases the GIL, so training goes on while
     the background writer works (safetensors' own save_file holds it while it copies)."""
+    if sys.byteorder != "little":  # raw memory is not the format's byte order: convert
+        from safetensors.torch import save_file
+
+        save_file(tensors, str(path))
+        return
     header: dict[str, Any] = {}
     offset = 0
     for k, v in tensors.items():
@@ -363,6 +384,7 @@ class Resume:
     def _unlock(self) -> None:
         self._writer.shutdown(wait=True)
         if not self._lock.closed:
+            Path(self._lock.name).unlink(missing_ok=True)  # while still held: see _lock
             fcntl.flock(self._lock, fcntl.LOCK_UN)
             self._lock.close()
 

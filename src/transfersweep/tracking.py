@@ -90,6 +90,33 @@ def flatten(cfg: DictConfig) -> dict[str, str]:
     return out
 
 
+@contextmanager
+def uninterrupted() -> Iterator[None]:
+    """Ctrl-C / SIGTERM wait until a store write is done. A KeyboardInterrupt inside one
+    leaves SQLite's write transaction open, and ending the run KILLED then fails with
+    'database is locked', leaving it RUNNING. Main thread only (where signals arrive)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    old = {n: signal.getsignal(n) for n in (signal.SIGINT, signal.SIGTERM)}
+    for n in old:
+        signal.signal(n, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        for n, handler in old.items():
+            signal.signal(n, handler)
+    for n in caught[:1]:  # now, as it would have
+        if callable(old[n]):
+            old[n](n, None)
+        elif old[n] == signal.SIG_DFL:
+            signal.raise_signal(n)
+
+
 class Run:
     """A live MLflow run with batched logging; `None`-safe when tracking is off."""
 
@@ -108,7 +135,8 @@ class Run:
 
         new = [Param(k, str(v)) for k, v in params.items() if k not in self.known_params]
         if new:
-            self.client.log_batch(self.run_id, params=new)
+            with uninterrupted():
+                self.client.log_batch(self.run_id, params=new)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         """Buffered: written in one batch every FLUSH_SECONDS and when the run ends (each store
@@ -123,16 +151,18 @@ class Run:
     def flush(self) -> None:
         """Write the buffered metrics (at the latest when the run ends)."""
         buffered, self._buffer = self._buffer, []
-        for i in range(0, len(buffered), 1000):  # MLflow takes at most 1000 metrics a batch
-            self.client.log_batch(self.run_id, metrics=buffered[i : i + 1000])
+        with uninterrupted():
+            for i in range(0, len(buffered), 1000):  # MLflow takes at most 1000 a batch
+                self.client.log_batch(self.run_id, metrics=buffered[i : i + 1000])
         self._flushed = time.monotonic()
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         from mlflow.entities import RunTag
 
-        self.client.log_batch(
-            self.run_id, tags=[RunTag(k, redact(str(v))[:MAX_TAG]) for k, v in tags.items()]
-        )
+        with uninterrupted():
+            self.client.log_batch(
+                self.run_id, tags=[RunTag(k, redact(str(v))[:MAX_TAG]) for k, v in tags.items()]
+            )
 
     def log_dir(self, local_dir: Path, artifact_path: str) -> None:
         self.client.log_artifacts(self.run_id, str(local_dir), artifact_path)

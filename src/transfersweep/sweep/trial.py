@@ -18,6 +18,8 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from transfersweep.tracking import uninterrupted
+
 
 @functools.lru_cache(maxsize=4)
 def _storage(url: str):
@@ -110,12 +112,15 @@ class Pruning:
     def replay(self, reports: list[list[float]]) -> None:
         """A resumed trial's earlier epochs (reported by the trial it continues), without
         asking the pruner again: they passed then."""
-        for epoch, value in reports:
-            self.trial.report(value, int(epoch))
+        with uninterrupted():
+            for epoch, value in reports:
+                self.trial.report(value, int(epoch))
 
     def report(self, value: float, epoch: int) -> None:
-        self.trial.report(value, epoch)
-        if self.trial.should_prune():
+        with uninterrupted():  # a store write: Ctrl-C waits for it (tracking.uninterrupted)
+            self.trial.report(value, epoch)
+            prune = self.trial.should_prune()
+        if prune:
             import optuna
 
             raise optuna.TrialPruned(f"pruned at epoch {epoch} (target val_acc {value:.4f})")
