@@ -19,7 +19,7 @@ import optuna
 import pytest
 import torch
 
-from conftest import FAST, compose, runs
+from conftest import FAST, cli, compose, runs
 from transfersweep import resume, train
 
 # pretrain (source stage) then the target stage, twice (two repeats): a resume can land in the
@@ -153,10 +153,7 @@ def _kill_9_when(args: list[str], outputs: Path, reached) -> dict:
 def test_kill_9_in_the_source_stage_then_in_a_later_repeat_resumes_exactly(tmp_path):
     args = [*PARADIGM, *LP_FT, "trainer.source_epochs=20", "trainer.target_epochs=40"]
     a, b = tmp_path / "a", tmp_path / "b"
-    out = subprocess.run(
-        [sys.executable, "-m", "transfersweep.train", *args, f"paths.outputs={a}"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+    out = cli([*args, f"paths.outputs={a}"], tmp_path)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     cmd = [*args, f"paths.outputs={b}"]
     first = _kill_9_when(cmd, b, lambda p: p["repeat"] is None and p["epoch"] >= 3)
@@ -165,10 +162,7 @@ def test_kill_9_in_the_source_stage_then_in_a_later_repeat_resumes_exactly(tmp_p
     assert dead.info.status == "RUNNING"  # SIGKILL: nobody ended it
     second = _kill_9_when(cmd, b, lambda p: p["repeat"] == 1 and p["epoch"] >= 4)
     assert second["repeat"] == 1 and second["epoch"] < 40
-    out = subprocess.run(
-        [sys.executable, "-m", "transfersweep.train", *cmd],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+    out = cli(cmd, tmp_path)
     log = out.stdout + out.stderr
     assert out.returncode == 0, log[-3000:]
     assert f"resumed from epoch {second['epoch']} (finetune, repeat 1)" in log
@@ -184,10 +178,7 @@ def test_a_killed_sweep_trial_is_resumed_by_its_retry(tmp_path):
     cells = [*FAST, "regime=target_only", "trainer.target_epochs=30", "pruner.name=median"]
     sweep = ["-m", "sweep=grid", *cells, "freeze=full", f"paths.outputs={tmp_path / 's'}"]
     killed_at = _kill_9_when(sweep, tmp_path / "s", lambda p: p["epoch"] >= 4)
-    out = subprocess.run(
-        [sys.executable, "-m", "transfersweep.train", *sweep],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+    out = cli(sweep, tmp_path)
     log = out.stdout + out.stderr
     assert out.returncode == 0, log[-3000:]
     assert f"resumed from epoch {killed_at['epoch']}" in log
@@ -209,10 +200,7 @@ def test_a_killed_sweep_trial_is_resumed_by_its_retry(tmp_path):
     # the same paradigm run alone, never interrupted: the same objective
     single = tmp_path / "single"
     train_args = [*cells, "freeze=full", f"paths.outputs={single}"]
-    out = subprocess.run(
-        [sys.executable, "-m", "transfersweep.train", *train_args],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+    out = cli(train_args, tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     (alone,) = runs(single)[1]
     assert retry.value == alone.data.metrics["val_acc"]
