@@ -97,15 +97,15 @@ def test_an_interrupted_run_resumes_where_it_stopped_with_identical_results(
     tmp_path, caplog, strategy
 ):
     caplog.set_level(logging.INFO, logger="transfersweep")
-    args = [*PARADIGM, *strategy, "trainer.source_epochs=4", "trainer.target_epochs=40"]
+    args = [*PARADIGM, *strategy, "trainer.source_epochs=3", "trainer.target_epochs=24"]
     train.run(compose(args, tmp_path / "a"))
     b = tmp_path / "b"
-    watcher = _interrupt_when(b, lambda p: p["repeat"] == 1 and p["epoch"] >= 5)
+    watcher = _interrupt_when(b, lambda p: p["repeat"] == 1 and p["epoch"] >= 4)
     with pytest.raises(KeyboardInterrupt):
         train.run(compose(args, b))
     watcher.join()
     saved = _saved_point(b)
-    assert saved["repeat"] == 1 and 5 <= saved["epoch"] < 40, saved
+    assert saved["repeat"] == 1 and 4 <= saved["epoch"] < 24, saved
     if strategy[0] == "freeze=lp_ft":
         assert saved["phase"] == 1  # in the fine-tuning phase, after the cached probe
     (killed,) = runs(b)[1]
