@@ -53,6 +53,19 @@ def cli(
     )
 
 
+def start_cli(args: list[str], cwd: Path) -> subprocess.Popen:
+    """The real entrypoint in a fresh process, left running; its output (stdout and stderr
+    together) read as it comes: for tests that signal or kill it."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "transfersweep.train", *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
 def runs(outputs: Path, experiment: str = "transfersweep"):
     """All MLflow runs of the default store under `outputs`, via the real client."""
     from mlflow.tracking import MlflowClient

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -11,21 +10,9 @@ import time
 import optuna
 import pytest
 
-from conftest import FAST, runs
+from conftest import FAST, runs, start_cli
 
 pytestmark = pytest.mark.slow  # signals and kill -9 of real sweep processes
-
-
-def _start(args, cwd):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "transfersweep.train", *args],
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-    )
 
 
 def _wait_for_epoch(proc, marker: str, timeout: float = 120) -> str:
@@ -41,7 +28,7 @@ def _wait_for_epoch(proc, marker: str, timeout: float = 120) -> str:
 
 
 def test_sigterm_during_a_run_ends_it_killed(tmp_path):
-    proc = _start(
+    proc = start_cli(
         [*FAST, "regime=target_only", "trainer.target_epochs=100000", f"paths.outputs={tmp_path}"],
         tmp_path,
     )
@@ -70,7 +57,7 @@ def test_sigterm_during_a_sweep_fails_the_trial_and_keeps_finished_ones(tmp_path
         "trainer.target_epochs=100000",  # the first trial runs until the signal
         f"paths.outputs={tmp_path}",
     ]
-    proc = _start(args, tmp_path)
+    proc = start_cli(args, tmp_path)
     _wait_for_epoch(proc, "[target] epoch")
     deadline = time.time() + 60
     while not list((tmp_path / "resume").glob("*/state.json")) and time.time() < deadline:
@@ -100,7 +87,7 @@ def test_after_kill_9_a_resumed_sweep_marks_the_dead_trial_stale_and_goes_on(tmp
         "freeze=last_layer,full",
         f"paths.outputs={tmp_path}",
     ]
-    proc = _start([*base, "trainer.target_epochs=100000"], tmp_path)
+    proc = start_cli([*base, "trainer.target_epochs=100000"], tmp_path)
     _wait_for_epoch(proc, "[target] epoch")
     proc.kill()  # SIGKILL: no handler runs, the trial and its MLflow run stay RUNNING
     proc.wait(timeout=30)

@@ -7,10 +7,7 @@ import _thread
 import glob
 import json
 import logging
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -19,7 +16,7 @@ import optuna
 import pytest
 import torch
 
-from conftest import FAST, cli, compose, runs
+from conftest import FAST, cli, compose, runs, start_cli
 from transfersweep import resume, train
 
 # pretrain (source stage) then the target stage, twice (two repeats): a resume can land in the
@@ -123,18 +120,10 @@ def test_an_interrupted_run_resumes_where_it_stopped_with_identical_results(
     assert not list((b / "resume").iterdir())  # state and lock removed at the end
 
 
-def _start(args: list[str], cwd: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "transfersweep.train", *args]
-    return subprocess.Popen(
-        cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-
-
 def _kill_9_when(args: list[str], outputs: Path, reached) -> dict:
     """Run the entrypoint until the saved state reaches a point, then SIGKILL it: no handler
     runs, nothing is flushed or cleaned. Returns the point saved last."""
-    proc = _start(args, outputs.parent)
+    proc = start_cli(args, outputs.parent)
     deadline = time.time() + 300
     while time.time() < deadline:
         p = _saved_point(outputs)

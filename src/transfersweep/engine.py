@@ -260,5 +260,5 @@ def fit(
         if on_epoch is not None:
             on_epoch(stats)
         if checkpoint is not None:
-            checkpoint.save(epoch, model, opt, sched, scaler, train.gen, result)
+            checkpoint.save(epoch, opt, sched, scaler, train.gen, result)
     return result

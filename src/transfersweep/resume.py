@@ -229,8 +229,8 @@ class Resume:
         self._extra: dict[str, tuple[str, int]] = {
             k: tuple(v) for k, v in doc.get("extra", {}).items()
         }  # start / best repeat: written once or when they change, not every epoch
-        self.elapsed_before = float(doc.get("elapsed_s", 0.0))  # run time before the resume
-        self._t0 = time.perf_counter()
+        self.elapsed_before = float(doc.get("elapsed_s", 0.0))  # training time before the resume
+        self._t0 = time.perf_counter()  # reset by attach, when training starts
         self.mlrun: Any = None
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="resume")
         self._pending: Future | None = None
@@ -250,6 +250,7 @@ class Resume:
         """The run's MLflow run (flushed before each commit) and pruner; a resumed run says
         where it resumed (log, tags) and gives the pruner the reports it had made."""
         self.mlrun, self.run_id = mlrun, mlrun.run_id
+        self._t0 = time.perf_counter()  # elapsed_s counts training, like the run's seconds
         p = self.point
         if p is None:
             return
@@ -398,8 +399,6 @@ class StageCheckpoint:
         p = run.point
         mine = run.saved is not None and p is not None and (p.stage, p.repeat) == (index, repeat)
         self.saved = run.saved if mine else None
-        self.model: torch.nn.Module | None = None
-        self.stage_best: Any = None  # stages.StageResult of the phases before this one
 
     @property
     def saved_phase(self) -> int | None:
@@ -416,15 +415,16 @@ class StageCheckpoint:
         return StageResult(b["val_acc"], b["epoch"], _unprefixed("stage_best", t)) if b else None
 
     def phase(self, index: int, model: torch.nn.Module, stage_best: Any) -> FitCheckpoint:
-        self.model, self.stage_best = model, stage_best
-        return FitCheckpoint(self, index)
+        """Phase `index` of the stage, training (part of) `model`; `stage_best`: the
+        stages.StageResult of the phases before it (None in the first)."""
+        return FitCheckpoint(self, index, model, stage_best)
 
 
 class FitCheckpoint:
     """engine.fit's side: restore a phase's optimizer, RNG and best-so-far; save each epoch."""
 
-    def __init__(self, stage: StageCheckpoint, phase: int):
-        self.stage, self.phase = stage, phase
+    def __init__(self, stage: StageCheckpoint, phase: int, model: torch.nn.Module, best: Any):
+        self.stage, self.phase, self.model, self.stage_best = stage, phase, model, best
 
     def restore(self, fit_model, opt, sched, scaler, gen: torch.Generator, result) -> int:
         """Put the saved epoch back (model weights are back already); returns that epoch, or 0
@@ -450,9 +450,10 @@ class FitCheckpoint:
         _set_rng(doc["rng"], t)
         return saved.point.epoch
 
-    def save(self, epoch: int, fit_model, opt, sched, scaler, gen: torch.Generator, result):
+    def save(self, epoch: int, opt, sched, scaler, gen: torch.Generator, result):
+        """Epoch `epoch` is done: the whole model (fit may train only its head or suffix)."""
         st = self.stage
-        tensors = _prefixed("model", st.model.state_dict())
+        tensors = _prefixed("model", self.model.state_dict())
         if result.best_epoch != epoch:
             tensors |= _prefixed("fit_best", result.best_state)
         opt_doc, opt_tensors = _split_optimizer(opt.state_dict())
@@ -471,8 +472,8 @@ class FitCheckpoint:
             "rng": rng_doc,
             "stage_best": None,
         }
-        if st.stage_best is not None:
-            b = st.stage_best
+        if self.stage_best is not None:
+            b = self.stage_best
             doc["stage_best"] = {"val_acc": b.best_val_acc, "epoch": b.best_epoch}
             tensors |= _prefixed("stage_best", b.best_state)
         st.run.commit(Point(st.index, st.repeat, self.phase, epoch), tensors, doc)
