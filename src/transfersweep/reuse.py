@@ -26,6 +26,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from transfersweep.backbone import PACKAGE, package_file
+
 log = logging.getLogger(__name__)
 
 
@@ -57,8 +59,11 @@ def key(cfg: DictConfig, stage_index: int, precision: str) -> str:
 
     c = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     backbone = dict(c["backbone"])
-    if backbone.get("weights") and Path(backbone["weights"]).expanduser().is_file():
-        backbone["weights"] = _file_digest(Path(backbone["weights"]).expanduser())
+    w = backbone.get("weights")
+    if w and w.startswith(PACKAGE):  # what the installed package holds now
+        backbone["weights"] = _file_digest(package_file(w))
+    elif w and Path(w).expanduser().is_file():
+        backbone["weights"] = _file_digest(Path(w).expanduser())
     d = c["data"]
     source = dict(d["source"])
     if source.get("kind") == "imagefolder":
@@ -71,6 +76,8 @@ def key(cfg: DictConfig, stage_index: int, precision: str) -> str:
             k: d[k]
             for k in (
                 "image_size",
+                "crop_pct",
+                "interpolation",
                 "val_fraction",
                 "test_fraction",
                 "split_seed",
