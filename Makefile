@@ -1,12 +1,25 @@
 # transfersweep: `make` lists the targets. Override variables on the command line:
+#   make sweep TARGET=/data/mine [SOURCE=/data/big] [BACKBONE=lite0|<preset>|<any timm name>]
 #   make train BACKBONE=convnext_atto ARGS="regime=joint freeze=last_blocks freeze.n_blocks=2"
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
-BACKBONE ?= resnet18
+# Your images: TARGET=<folder of class folders> (SOURCE=<a larger related set>, optional).
+# Without TARGET the embedded task DATA runs (digits: from-scratch resnet18; mnist: lite0).
+TARGET ?=
+SOURCE ?=
+BACKBONE ?= $(if $(TARGET),lite0,resnet18)
 DATA ?= digits
 ARGS ?=
 STUDY ?=
+# A preset of conf/backbone (lite0: ImageNet weights from an installed package), or any timm
+# name: then with timm's hub weights (backbone=timm, pretrained=true).
+BACKBONE_ARGS = $(if $(wildcard conf/backbone/$(BACKBONE).yaml),backbone=$(BACKBONE),backbone=timm backbone.name=$(BACKBONE))
+DATA_ARGS = $(if $(TARGET),data=imagefolder data.target.root=$(abspath $(TARGET)) $(if $(SOURCE),data.source.root=$(abspath $(SOURCE))),data=$(DATA))
+# The study (and the registered model) is named after what it is about: <target folder or DATA>-<BACKBONE>
+NAME = $(if $(TARGET),$(notdir $(abspath $(TARGET))),$(DATA))-$(BACKBONE)
+SWEEP_STUDY = $(or $(STUDY),$(NAME))
+RESUME_CHANGED ?=
 # make sweep: 6 search trials over 2 paired repeats each, then the top 2 paradigms confirmed on
 # 4 fresh repeats (about 15 minutes on 2 CPU cores; fewer trials with repeats beat many
 # single-seed ones). Target stages fixed at 20 epochs: the space's 40 doubles joint regimes.
@@ -17,8 +30,8 @@ CONFIRM_REPEATS ?= 4
 JOBS ?= 1
 # JOBS>1: that many trials at once in joblib worker processes (cores shared between them)
 PARALLEL = $(if $(filter-out 1,$(JOBS)),hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS) hydra.sweeper.n_jobs=$(JOBS))
-MODEL ?= models:/$(DATA)-$(BACKBONE)@champion
-IMAGES ?=
+MODEL ?= models:/$(SWEEP_STUDY)@champion
+IMAGES ?= $(TARGET)
 HOST ?= 127.0.0.1
 PORT ?= 5000
 OUTPUTS ?= outputs
@@ -35,7 +48,7 @@ AUTH_CONFIG ?=
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-9s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-	@echo "  variables: BACKBONE=$(BACKBONE) DATA=$(DATA) STUDY=<name> TRIALS=$(TRIALS) REPEATS=$(REPEATS) CONFIRM=$(CONFIRM) CONFIRM_REPEATS=$(CONFIRM_REPEATS) JOBS=$(JOBS) MODEL=$(MODEL) IMAGES=<folder> ARGS='<overrides>' HOST=$(HOST) PORT=$(PORT) BACKEND=<db url>"
+	@echo "  variables: TARGET=<folder> SOURCE=<folder> BACKBONE=$(BACKBONE) DATA=$(DATA) STUDY=<name> TRIALS=$(TRIALS) REPEATS=$(REPEATS) CONFIRM=$(CONFIRM) CONFIRM_REPEATS=$(CONFIRM_REPEATS) JOBS=$(JOBS) MODEL=$(MODEL) IMAGES=<folder> ARGS='<overrides>' HOST=$(HOST) PORT=$(PORT) BACKEND=<db url>"
 
 install: $(VENV)/.installed ## create .venv with everything (reuses a healthy one)
 
@@ -51,18 +64,20 @@ $(VENV)/.installed: pyproject.toml
 check-venv:
 	@$(PY) -c "import transfersweep.train, torch, timm, mlflow" 2>/dev/null || { rm -f $(VENV)/.installed; $(MAKE) --no-print-directory install; }
 
-train: install check-venv ## one run of the default paradigm on the embedded digits task
-	$(PY) -m transfersweep.train backbone=$(BACKBONE) data=$(DATA) $(ARGS)
+train: install check-venv ## one run of the default paradigm (TARGET=<folder> alone: regime=target_only)
+	$(PY) -m transfersweep.train $(BACKBONE_ARGS) $(DATA_ARGS) \
+		$(if $(and $(TARGET),$(if $(SOURCE),,1)),regime=target_only) $(ARGS)
 
-sweep: install check-venv ## search, confirmation, verdict, champion (STUDY=name resumes, TRIALS=6 REPEATS=2 CONFIRM=2)
-	$(PY) -m transfersweep.train -m sweep=paradigm backbone=$(BACKBONE) data=$(DATA) \
+sweep: install check-venv ## search, confirmation, verdict, champion on TARGET=<folder> or DATA (STUDY=name resumes)
+	$(PY) -m transfersweep.train -m sweep=paradigm $(BACKBONE_ARGS) $(DATA_ARGS) \
 		hydra.sweeper.n_trials=$(TRIALS) trainer.repeats=$(REPEATS) trainer.target_epochs=20 \
 		hydra.sweeper.confirm.top_k=$(CONFIRM) hydra.sweeper.confirm.repeats=$(CONFIRM_REPEATS) $(PARALLEL) \
-		$(if $(STUDY),hydra.sweeper.study_name=$(STUDY)) $(ARGS)
+		hydra.sweeper.study_name=$(SWEEP_STUDY) $(if $(RESUME_CHANGED),hydra.sweeper.resume_changed=true) $(ARGS)
 
 grid: install check-venv ## every regime x freeze cell once (REPEATS=5 for mean, CI and a verdict)
-	$(PY) -m transfersweep.train -m sweep=grid backbone=$(BACKBONE) data=$(DATA) \
-		trainer.repeats=$(REPEATS) $(PARALLEL) $(if $(STUDY),hydra.sweeper.study_name=$(STUDY)) $(ARGS)
+	$(PY) -m transfersweep.train -m sweep=grid $(BACKBONE_ARGS) $(DATA_ARGS) \
+		trainer.repeats=$(REPEATS) $(PARALLEL) hydra.sweeper.study_name=$(or $(STUDY),grid-$(NAME)) \
+		$(if $(RESUME_CHANGED),hydra.sweeper.resume_changed=true) $(ARGS)
 
 predict: install check-venv ## predictions.csv for IMAGES=<folder|file> with MODEL=<models:/name@champion|runs:/id|folder>
 	$(PY) -m transfersweep.predict model="$(MODEL)" images="$(IMAGES)" $(ARGS)

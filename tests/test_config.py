@@ -21,7 +21,11 @@ GROUPS = ["backbone", "data", "regime", "freeze", "optimizer", "trainer", "track
     [(g, p.stem) for g in GROUPS for p in sorted((CONF / g).glob("*.yaml"))],
 )
 def test_every_group_option_composes_and_validates(group, option):
-    cfg = compose([f"{group}={option}"])
+    needs = {  # options that need the user to say something
+        "timm": ["backbone.name=resnet50"],  # which timm model
+        "imagefolder": ["regime=target_only"],  # no source folder given: no source regime
+    }
+    cfg = compose([f"{group}={option}", *needs.get(option, [])])
     if group == "data" and option == "imagefolder":
         assert cfg.data.target.root is None  # the user must say where (a clear DataError at load)
     OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)

@@ -16,7 +16,7 @@ from transfersweep.errors import ConfigError
 MODELS = {"cnn": ["backbone=tiny"], "vit": ["backbone=tiny_vit"]}
 
 
-def _train(kind: str, strategy: str, n_blocks: int = 1, **params):
+def _train(kind: str, strategy: str, n_blocks: int = 1, adapt: bool = False, **params):
     cfg = compose(FAST + MODELS[kind] + ["trainer.target_epochs=3", "optimizer.lr=0.01"])
     torch.manual_seed(0)
     model = timm.create_model(cfg.backbone.name, num_classes=5, **cfg.backbone.kwargs)
@@ -38,6 +38,7 @@ def _train(kind: str, strategy: str, n_blocks: int = 1, **params):
         cfg,
         epochs=3,
         frozen_stats=not first.norm_stats,
+        adapt_stats=adapt,
     )
     after = model.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
@@ -207,3 +208,32 @@ def test_n_blocks_out_of_range_is_a_config_error():
     model = timm.create_model("test_resnet", num_classes=3)
     with pytest.raises(ConfigError, match=r"freeze\.n_blocks=9 .* has 5 blocks .* 1\.\.5"):
         freezing.apply(model, strategies.create("last_blocks", n_blocks=9), "test_resnet")
+
+
+@pytest.mark.parametrize("strategy", ["surgical", "last_layer", "bitfit"])
+def test_norm_stats_adapt_moves_only_batchnorm_running_statistics(strategy):
+    """freeze.norm_stats=adapt: every BatchNorm re-estimates its statistics on the target
+    batches, frozen blocks included, and nothing else changes that `frozen` keeps."""
+    params = {"block": 2} if strategy == "surgical" else {}
+    model, _, exact = _train("cnn", strategy, **params)
+    _, _, adapted = _train("cnn", strategy, adapt=True, **params)
+    names = {n for n, _ in model.named_parameters()}
+    stats = {
+        k for k in model.state_dict() if k.rsplit(".", 1)[-1].startswith(("running_", "num_b"))
+    }
+    frozen_block = {n.rsplit(".", 1)[0] for n in freezing.blocks(model)[0]}
+    moved = {k for k in adapted - exact if k.rsplit(".", 1)[0] in frozen_block}
+    assert moved and moved <= stats, sorted(moved)  # the first (frozen) block's statistics moved
+    assert (adapted - exact) <= stats  # and no parameter that `frozen` keeps
+    assert {k for k in adapted if k in names} == {k for k in exact if k in names}
+
+
+def test_norm_stats_is_a_key_of_every_strategy_and_names_the_variant():
+    from transfersweep.paradigm import Paradigm
+
+    cfg = compose([*FAST, "freeze=surgical", "freeze.norm_stats=adapt"])
+    assert strategies.from_config(cfg.freeze).norm_stats == "adapt"
+    assert Paradigm.from_cfg(cfg).name == "pretrain_finetune+surgical2_adapt"
+    assert strategies.from_config(compose(FAST).freeze).norm_stats == "frozen"
+    with pytest.raises(ConfigError, match="freeze.norm_stats='moving' is invalid"):
+        strategies.from_config(compose([*FAST, "+freeze.norm_stats=moving"]).freeze)

@@ -146,8 +146,12 @@ def test_failure_inside_training_marks_the_run_failed_with_the_reason(outputs):
             r"freeze\.n_blocks=9 is out of range for test_resnet",
         ),
         (
-            ["data=imagefolder", "data.target.root=/nonexistent/goldfinches"],
+            ["data=imagefolder", "data.target.root=/nonexistent/goldfinches", "regime=target_only"],
             r"data\.target\.root='/nonexistent/goldfinches' does not exist",
+        ),
+        (
+            ["data=imagefolder", "data.target.root=/nonexistent/goldfinches"],
+            r"regime=pretrain_finetune trains on a source set, but data\.source\.root is not set",
         ),
         (
             ["data.target.k_shot=500"],

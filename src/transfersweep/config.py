@@ -31,19 +31,21 @@ class StageData(str, Enum):
 class BackboneConfig:
     name: str = MISSING  # any timm model name (optionally with a pretrained tag: resnet18.a1_in1k)
     pretrained: bool = False  # timm hub weights (needs the network or the local hub cache)
-    weights: str | None = (
-        None  # local .safetensors/.pth state dict, or runs:/<id>/checkpoint/model.safetensors
-    )
+    # A local .safetensors/.pth state dict, a packaged file (pkg:<module>/<path glob>), or
+    # runs:/<id>/checkpoint/model.safetensors (transfersweep.backbone)
+    weights: str | None = None
+    key_map: str = "names"  # names | order: the file's tensors in order (another library's names)
     drop_rate: float = 0.0
     kwargs: dict[str, Any] = field(default_factory=dict)  # extra timm.create_model kwargs
 
 
 OOD_SHIFTS = ("rotate", "noise", "blur", "invert")  # data.target.ood (transfersweep.data.shifts)
+OOD_SETS = ("digits", "mnist")  # data.target.ood: another embedded set of the same classes
 
 
 @dataclass
 class DatasetConfig:
-    kind: str = MISSING  # digits | imagefolder | torchvision
+    kind: str = MISSING  # digits | mnist | imagefolder | torchvision
     root: str | None = None  # imagefolder: folder of class folders; torchvision: data set root
     name: str | None = None  # torchvision: class name in torchvision.datasets (CIFAR10, ...)
     classes: list[Any] | None = None  # subset (and order) of classes; null = all
@@ -51,7 +53,8 @@ class DatasetConfig:
     download: bool = False  # torchvision only
     # Target only: score every run on an out-of-distribution test set too (`ood_acc`, reported,
     # never optimised): a shifted copy of the test split (rotate | noise | blur | invert, at
-    # ood_severity; data.shifts), or a folder with the same class folders (ood_root).
+    # ood_severity; data.shifts), another embedded data set's images of the same classes
+    # (digits | mnist), or a folder with the same class folders (ood_root).
     ood: str | None = None
     ood_severity: float = 1.0
     ood_root: str | None = None
@@ -62,7 +65,12 @@ class DataConfig:
     name: str = MISSING
     source: DatasetConfig = field(default_factory=DatasetConfig)
     target: DatasetConfig = field(default_factory=DatasetConfig)
-    image_size: int = 32
+    # The input size; null: the backbone's pretrained one (timm's data config, 224 for most).
+    # Images are resized (shorter side to image_size / crop_pct) and centre-cropped once, when
+    # decoded; crop_pct and interpolation null: the backbone's (data.model_input).
+    image_size: int | None = None
+    crop_pct: float | None = None
+    interpolation: str | None = None
     val_fraction: float = 0.2  # of each class, when the data set has no val split of its own
     test_fraction: float = 0.2  # likewise, for a test split
     split_seed: int = 0  # fixed apart from `seed` so repeats of a trial see the same splits
@@ -100,6 +108,12 @@ class OptimizerConfig:
     # parameters of timm's fine-grained layer i train at lr x layer_decay^(last - i), the head
     # at lr. 1.0 = off; sweep it with e.g. optimizer.layer_decay=interval(0.5,1.0).
     layer_decay: float = 1.0
+    # The classifier's learning rate in stages that see target data, x lr: a freshly reset
+    # head trains from scratch while pretrained blocks only need nudging (1.0 = the same lr).
+    head_lr_scale: float = 1.0
+    # The sweep's range for lr (log scale; sweep=paradigm / pareto read it): pretrained weights
+    # want a lower one than training from scratch (conf/optimizer/adamw_pretrained.yaml).
+    lr_range: list[float] = field(default_factory=lambda: [3e-4, 3e-3])
 
 
 @dataclass
@@ -202,6 +216,16 @@ class TrainConfig:
     seed: int = 0
 
 
+def has_source(d: DictConfig) -> bool:
+    """Whether the data config names a source set (an image folder needs its root)."""
+    return d.source.kind != "imagefolder" or d.source.root is not None
+
+
+def needs_source(regime: DictConfig) -> bool:
+    """Whether a regime trains on the source set in any stage (all but target_only)."""
+    return any(StageData(s.data) != StageData.target for s in regime.stages)
+
+
 def _job_dir(trial_number: Any, job_num: Any) -> str:
     # Trial numbers are unique across all workers of a study; Hydra's job numbers are per worker.
     return f"trial-{trial_number}" if trial_number is not None else str(job_num)
@@ -214,6 +238,10 @@ def register_schemas() -> None:
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
     if not OmegaConf.has_resolver("ts.job_dir"):
         OmegaConf.register_resolver("ts.job_dir", _job_dir)
+    if not OmegaConf.has_resolver("ts.study_name"):
+        from transfersweep.sweep.identity import default_name
+
+        OmegaConf.register_resolver("ts.study_name", default_name)
 
 
 def _check(ok: bool, key: str, value: Any, fix: str) -> None:
@@ -224,7 +252,30 @@ def _check(ok: bool, key: str, value: Any, fix: str) -> None:
 def validate(cfg: DictConfig) -> None:
     """Range and consistency checks that the schema's types cannot express."""
     d, t, o = cfg.data, cfg.trainer, cfg.optimizer
-    _check(d.image_size >= 8, "data.image_size", d.image_size, "use at least 8 pixels")
+    _check(
+        cfg.backbone.key_map in ("names", "order"),
+        "backbone.key_map",
+        cfg.backbone.key_map,
+        "choose names (the file's keys are timm's) or order (same architecture, other names)",
+    )
+    _check(
+        d.image_size is None or d.image_size >= 8,
+        "data.image_size",
+        d.image_size,
+        "use at least 8 pixels, or null for the backbone's pretrained input size",
+    )
+    _check(
+        d.crop_pct is None or 0.0 < d.crop_pct <= 1.0,
+        "data.crop_pct",
+        d.crop_pct,
+        "use a fraction in (0, 1] (1.0 keeps the whole image), or null for the backbone's",
+    )
+    _check(
+        d.interpolation in (None, "bilinear", "bicubic", "nearest", "lanczos"),
+        "data.interpolation",
+        d.interpolation,
+        "choose bilinear, bicubic, nearest or lanczos, or null for the backbone's",
+    )
     _check(
         d.batch_size >= 2,
         "data.batch_size",
@@ -249,10 +300,11 @@ def validate(cfg: DictConfig) -> None:
     )
     t_ = d.target
     _check(
-        t_.ood is None or t_.ood in OOD_SHIFTS,
+        t_.ood is None or t_.ood in OOD_SHIFTS + OOD_SETS,
         "data.target.ood",
         t_.ood,
-        f"choose one of {', '.join(OOD_SHIFTS)} (or data.target.ood_root=<folder> for your own)",
+        f"choose one of {', '.join(OOD_SHIFTS + OOD_SETS)} (or data.target.ood_root=<folder> "
+        "for your own)",
     )
     _check(
         not (t_.ood and t_.ood_root),
@@ -298,6 +350,13 @@ def validate(cfg: DictConfig) -> None:
         o.scheduler,
         "choose cosine or none",
     )
+    _check(
+        len(o.lr_range) == 2 and 0 < o.lr_range[0] <= o.lr_range[1],
+        "optimizer.lr_range",
+        list(o.lr_range),
+        "give [low,high] with 0 < low <= high",
+    )
+    _check(o.head_lr_scale > 0, "optimizer.head_lr_scale", o.head_lr_scale, "use a positive factor")
     _check(o.warmup_epochs >= 0, "optimizer.warmup_epochs", o.warmup_epochs, "use 0 or more")
     _check(
         0.0 < o.layer_decay <= 1.0,
@@ -311,6 +370,12 @@ def validate(cfg: DictConfig) -> None:
         OmegaConf.to_container(cfg.regime.stages),
         "a regime needs at least one stage; pick one with regime=<name>",
     )
+    if needs_source(cfg.regime) and not has_source(d):
+        raise ConfigError(
+            f"regime={cfg.regime.name} trains on a source set, but data.source.root is not set. "
+            "Fix: regime=target_only (your target images alone, from the backbone's weights), or "
+            "data.source.root=/path/to/a/larger/related/set (one sub-folder per class)"
+        )
     last = cfg.regime.stages[-1]
     _check(
         last.data != StageData.source,

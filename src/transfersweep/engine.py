@@ -190,12 +190,15 @@ def fit(
     lr_scales: Mapping[str, float] | None = None,
     frozen_stats: bool = False,
     checkpoint: Any = None,
+    adapt_stats: bool = False,
 ) -> FitResult:
     """Train `model`'s trainable parameters for `epochs` at `lr` (default optimizer.lr), with
     the optimizer settings of cfg.optimizer; the returned best_state has the best val
     accuracy. Epochs are numbered from `first_epoch` (a stage's later phases go on counting);
     with `eval_classes`, only the first that many logits count at evaluation; `frozen_stats`
-    keeps every BatchNorm in eval mode. A `checkpoint` (transfersweep.resume.FitCheckpoint)
+    keeps every BatchNorm in eval mode; `adapt_stats` (freeze.norm_stats=adapt) puts every
+    BatchNorm in training mode instead, frozen ones included, so only its running statistics
+    move where its weights are frozen. A `checkpoint` (transfersweep.resume.FitCheckpoint)
     puts a saved epoch back before the loop and saves every epoch the loop completes."""
     lr = cfg.optimizer.lr if lr is None else lr
     steps = epochs * len(train)
@@ -204,17 +207,16 @@ def fit(
     )
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.amp_dtype == torch.float16)
     frozen = freezing.frozen_modules(model)
-    if frozen_stats:  # every BatchNorm keeps its running statistics (strategies.Phase.norm_stats)
-        frozen += [
-            m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
-        ]
+    adapt = freezing.batch_norms(model) if adapt_stats else []
+    if frozen_stats and not adapt:  # every BatchNorm keeps its statistics (Phase.norm_stats)
+        frozen += freezing.batch_norms(model)
     result = FitResult()
     done = 0  # the last epoch already trained (a resumed run)
     if checkpoint is not None:
         done = checkpoint.restore(model, opt, sched, scaler, train.gen, result)
     for epoch in range(max(first_epoch, done + 1), first_epoch + epochs):
         t0 = time.perf_counter()
-        freezing.train_mode(model, frozen)
+        freezing.train_mode(model, frozen, adapt)
         loss_sum = torch.zeros((), device=runtime.device)
         correct = torch.zeros((), device=runtime.device, dtype=torch.long)
         seen = 0

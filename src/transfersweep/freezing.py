@@ -10,7 +10,9 @@ conv_head) belong to the last block. What trains is decided by the strategy
 Frozen means exact: frozen parameters get `requires_grad=False` and stay out of
 the optimizer, and every module whose parameters are all frozen is kept in
 eval mode while training (`train_mode`), so BatchNorm running statistics and
-dropout in the frozen part do not move either.
+dropout in the frozen part do not move either. With `freeze.norm_stats=adapt`
+every BatchNorm trains its running statistics on the target batches instead
+(its weights stay frozen where the strategy freezes them).
 """
 
 from __future__ import annotations
@@ -88,11 +90,21 @@ def frozen_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
     return out
 
 
-def train_mode(model: torch.nn.Module, frozen: list[torch.nn.Module]) -> None:
-    """model.train(), but frozen parts stay in eval mode (BatchNorm statistics, dropout)."""
+def batch_norms(model: torch.nn.Module) -> list[torch.nn.Module]:
+    return [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+
+def train_mode(
+    model: torch.nn.Module, frozen: list[torch.nn.Module], adapt: list[torch.nn.Module] = ()
+) -> None:
+    """model.train(), but frozen parts stay in eval mode (BatchNorm statistics, dropout);
+    the `adapt` BatchNorms train their running statistics anyway (freeze.norm_stats=adapt:
+    their weights keep requires_grad as the strategy set it, so only the statistics move)."""
     model.train()
     for m in frozen:
         m.eval()
+    for m in adapt:
+        m.train()
 
 
 @contextmanager

@@ -41,10 +41,13 @@ class Paradigm:
         except ConfigError:
             return cls(regime=str(config.regime.name), strategy=str(config.freeze.get("strategy")))
         values = {k: getattr(strategy.params, k) for k in strategy.keys()}
+        adapt = strategy.norm_stats == "adapt"  # BatchNorm statistics re-estimated: a variant
+        if adapt:
+            values["norm_stats"] = "adapt"
         return cls(
             regime=str(config.regime.name),
             strategy=strategy.name,
-            variant=strategy.label(),
+            variant=strategy.label() + ("_adapt" if adapt else ""),
             params=tuple(sorted(values.items())),
         )
 

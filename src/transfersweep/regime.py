@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig
 
+from transfersweep import config
 from transfersweep.config import StageData
 from transfersweep.strategies import Strategy, create, from_config
 
@@ -38,7 +39,7 @@ class Stage:
 
 
 def needs_source(cfg: DictConfig) -> bool:
-    return any(StageData(s.data) != StageData.target for s in cfg.regime.stages)
+    return config.needs_source(cfg.regime)
 
 
 def plan(cfg: DictConfig, data: TransferData) -> list[Stage]:

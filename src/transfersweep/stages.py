@@ -105,6 +105,9 @@ def _phases(
     if stage.on_target and decay != 1.0:  # layer-wise lr decay, times the strategy's scales
         by_layer = engine.layer_decay_scales(model, decay)
         lr_scales = {n: lr_scales.get(n, 1.0) * s for n, s in by_layer.items()}
+    head = cfg.optimizer.head_lr_scale
+    if stage.on_target and head != 1.0:  # a fresh head learns faster than pretrained blocks
+        lr_scales = dict(lr_scales) | {n: lr_scales.get(n, 1.0) * head for n in inputs.layout.head}
 
     def on_epoch(st: engine.EpochStats) -> None:
         log.info(
@@ -152,6 +155,7 @@ def _phases(
             lr=stage.lr * phase.lr_scale, eval_classes=stage.eval_classes, on_epoch=on_epoch,
             first_epoch=epoch, lr_scales=_scales_for(fit_model, model, lr_scales),
             frozen_stats=not phase.norm_stats,
+            adapt_stats=stage.strategy.norm_stats == "adapt",
             checkpoint=checkpoint.phase(i, model, best) if checkpoint is not None else None,
         )  # fmt: skip
         fit_model.load_state_dict(result.best_state)  # the next phase starts from the best
@@ -183,6 +187,10 @@ def _with_feature_cache(
     activation at the block boundary otherwise (transfersweep.prefix_cache)."""
     layout, model = inputs.layout, inputs.model
     n_frozen = stage.strategy.cached_prefix(layout, phase)
+    if n_frozen and stage.strategy.norm_stats == "adapt" and freezing.batch_norms(model):
+        why = "freeze.norm_stats=adapt: BatchNorm statistics in the frozen part move every batch"
+        log.info("[%s] feature cache off: %s", prefix, why)
+        n_frozen = 0
     if n_frozen == 0:
         return model, inputs.preprocess, train, val
     pooled = n_frozen == len(layout.blocks)

@@ -53,6 +53,9 @@ class TransferSweeperConf(OptunaSweeperConf):
     # trial attributes a run reports (target_seconds: the target stages' seconds per repeat).
     # sweep=pareto: [val_acc, target_seconds] with direction [maximize, minimize].
     objectives: list[str] = field(default_factory=lambda: ["val_acc"])
+    # A study resumed by name must be about the same data, backbone, objective and search
+    # space (transfersweep.sweep.identity); true continues one that differs anyway.
+    resume_changed: bool = False
 
 
 ConfigStore.instance().store(

@@ -12,7 +12,8 @@ own grouping) and answers:
 - `cached_prefix(layout, phase)`: how many leading blocks stay frozen and deterministic for a
   whole phase, so their output can be computed once (the feature cache).
 - `Params` / `search`: its own config keys (under `freeze.*`) and their sweep ranges.
-- `label()`: its short name in a paradigm (`last_blocks2`).
+- `label()`: its short name in a paradigm (`last_blocks2`; `_adapt` is added by the paradigm
+  when `freeze.norm_stats=adapt`, a framework key every strategy has).
 - `attach(layout)` / `detach(model)`: change the model when a stage starts (insert adapters)
   and turn it back into a plain timm model when it ends (merge them), so test scoring, the
   checkpoint and the next repeat see the same model as with any other strategy.
@@ -143,6 +144,11 @@ class Strategy:
 
     def __init__(self, params: Any = None) -> None:
         self.params = params if params is not None else self.Params()
+        # freeze.norm_stats, the framework's key for every strategy: "frozen" keeps BatchNorm
+        # running statistics where the strategy freezes (exact); "adapt" lets every BatchNorm
+        # re-estimate them on the target batches while its weights stay as `phases` says
+        # (AdaBN, Li et al. 2016; Schneider et al., NeurIPS 2020).
+        self.norm_stats = "frozen"
 
     @classmethod
     def keys(cls) -> tuple[str, ...]:

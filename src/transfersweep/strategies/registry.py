@@ -16,8 +16,10 @@ from transfersweep.strategies.base import Strategy
 
 _STRATEGIES: dict[str, type[Strategy]] = {}
 
-# Keys of the freeze config that belong to the framework, not to a strategy.
-RESERVED = ("strategy", "module")
+# Keys of the freeze config that belong to the framework, not to a strategy: which strategy,
+# the module that registers it, and what BatchNorm running statistics do (every strategy).
+RESERVED = ("strategy", "module", "norm_stats")
+NORM_STATS = ("frozen", "adapt")
 
 
 def register(cls: type[Strategy]) -> type[Strategy]:
@@ -87,6 +89,13 @@ def from_config(freeze: Mapping[str, Any]) -> Strategy:
             f"{str(e).splitlines()[0]}"
         ) from None
     strategy = cls(params)
+    strategy.norm_stats = str(values.get("norm_stats") or "frozen")
+    if strategy.norm_stats not in NORM_STATS:
+        raise ConfigError(
+            f"freeze.norm_stats={strategy.norm_stats!r} is invalid: choose frozen (BatchNorm "
+            "running statistics stay exactly as the weights brought them) or adapt (every "
+            "BatchNorm re-estimates them on the training batches; weights stay as the strategy says)"
+        )
     strategy.check()
     return strategy
 

@@ -231,6 +231,9 @@ def build(study: Any, confirmed: list[Row] | None = None) -> Summary:
     best = best_per_cell(trials)
     search = verdict_mod.decide(list(best.values()))
     final = verdict_mod.decide(confirmed, "confirmation") if confirmed else search
+    note = study.user_attrs.get("space_note")
+    if note:  # e.g. no source set: the regimes that need one were not searched
+        final.text = f"{final.text.rstrip('.')}. {note}"
     md = table_markdown(best, None if confirmed else search)
     if confirmed:
         md += "\n" + confirmation_markdown(final)

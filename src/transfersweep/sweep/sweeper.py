@@ -29,7 +29,7 @@ from transfersweep import tracking
 from transfersweep.errors import TransferSweepError
 from transfersweep.paradigm import Paradigm
 from transfersweep.strategies import Strategy
-from transfersweep.sweep import confirm, outcome, sampling, summary
+from transfersweep.sweep import confirm, identity, outcome, sampling, summary
 from transfersweep.sweep.confirm import ConfirmSettings
 from transfersweep.sweep.hydra_optuna import SearchSpace, StockOptunaSweeper
 from transfersweep.sweep.storage import check_reachable, storage_url
@@ -41,6 +41,14 @@ log = logging.getLogger("transfersweep.sweep")
 def _resolve(dotpath: str):
     module, _, name = dotpath.rpartition(".")
     return getattr(importlib.import_module(module), name)
+
+
+def _options(spec: str) -> list[str]:
+    """The values of a regime choice: choice(a, b), a,b or a."""
+    inner = spec.strip()
+    if inner.startswith("choice(") and inner.endswith(")"):
+        inner = inner[len("choice(") : -1]
+    return [v.strip() for v in inner.split(",") if v.strip()]
 
 
 @dataclass
@@ -78,6 +86,7 @@ class TransferSweeperImpl(StockOptunaSweeper):
         register_champion: bool = True,
         model_name: str | None = None,
         objectives: Any = ("val_acc",),
+        resume_changed: bool = False,
     ) -> None:
         # The hook is resolved here, not through hydra.utils.instantiate (Hydra 1.4 would warn).
         super().__init__(
@@ -93,12 +102,14 @@ class TransferSweeperImpl(StockOptunaSweeper):
         self.confirm = ConfirmSettings(**(confirm or {}))
         self.register_champion, self.model_name = register_champion, model_name
         self.objectives = list(objectives)
+        self.resume_changed = resume_changed
+        self.space_note: str | None = None  # why the space is narrower than configured
 
     def sweep(self, arguments: list[str]) -> None:
-        arguments = self._with_strategies(arguments)
+        arguments = self._with_strategies(self._regimes_for_data(arguments))
         space = self.search_space(arguments)
         self._check_settings()
-        workers, parent = self._open(arguments)
+        workers, parent = self._open(arguments, space)
         tally, status, batch, confirmed = Tally(), "FINISHED", [], None
         heartbeat = workers.heartbeat(self.heartbeat_s)
         try:
@@ -126,7 +137,7 @@ class TransferSweeperImpl(StockOptunaSweeper):
             self._summarise(workers, parent, status, confirmed)
         self._finish(workers, tally, status)
 
-    def _open(self, arguments: list[str]) -> tuple[Workers, Any]:
+    def _open(self, arguments: list[str], space: SearchSpace) -> tuple[Workers, Any]:
         """The study and its MLflow parent run, created by the first worker (under the study
         lock: a fresh SQLite store must not be migrated by two processes at once)."""
         cfg = self.config
@@ -143,7 +154,20 @@ class TransferSweeperImpl(StockOptunaSweeper):
             a.split("=", 1)[0]: a.split("=", 1)[1] for a in arguments if "=" in a
         }
         with workers.lock():
-            workers.open(self.sampler, self.directions())
+            study = workers.open(self.sampler, self.directions())
+            about = identity.record(task_cfg, self.directions(), self.objectives, space)
+            changed = identity.check(study, about, self.resume_changed)
+            if changed:
+                log.error(
+                    "error: study %r holds trials of another sweep: its %s differ%s. Fix: a new "
+                    "study name (hydra.sweeper.study_name=<name>, or STUDY=<name> with make), or "
+                    "continue this study anyway with hydra.sweeper.resume_changed=true "
+                    "(RESUME_CHANGED=1 with make)",
+                    study_name, " and ".join(changed), "s" if len(changed) == 1 else "",
+                )  # fmt: skip
+                sys.exit(2)
+            if self.space_note:
+                study.set_user_attr("space_note", self.space_note)
             parent = (
                 tracking.open_parent(task_cfg, study_name, storage, searched)
                 if cfg.tracking.enabled
@@ -160,6 +184,42 @@ class TransferSweeperImpl(StockOptunaSweeper):
             tracking.redact(str(storage)), parent.run_id,
         )  # fmt: skip
         return workers, parent
+
+    def _regimes_for_data(self, arguments: list[str]) -> list[str]:
+        """Without a source set (an image folder target alone), the regimes that need one
+        leave the search space, and the log and the verdict say so; none left is an error."""
+        from transfersweep.config import has_source, needs_source
+
+        if has_source(self.config.data):
+            return arguments
+        given = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in arguments if "=" in a}
+        spec = given.get("regime", (self.params or {}).get("regime", self.config.regime.name))
+        options = _options(str(spec))
+        plain = [  # the command line's fixed values (sweep=..., data...), as jobs get them
+            a for a in arguments
+            if "=" in a and not a.startswith("regime=") and not any(c in a for c in ",()")
+        ]  # fmt: skip
+        drop = [r for r in options if needs_source(self.compose([*plain, f"regime={r}"]).regime)]
+        keep = [r for r in options if r not in drop]
+        if not drop:
+            return arguments
+        if not keep:
+            log.error(
+                "error: regime %s needs a source set, but data.source.root is not set. Fix: "
+                "regime=target_only (your target images alone, from the backbone's weights), or "
+                "data.source.root=/path/to/a/larger/related/set", spec,
+            )  # fmt: skip
+            sys.exit(2)
+        self.space_note = (
+            f"Without a source set (data.source.root is not set) the search covered "
+            f"{', '.join(keep)} only: {', '.join(drop)} need one"
+        )
+        log.info("%s", self.space_note)
+        value = keep[0] if len(keep) == 1 else f"choice({','.join(keep)})"
+        if "regime" in given:
+            return [a for a in arguments if not a.startswith("regime=")] + [f"regime={value}"]
+        self.params = {**(self.params or {}), "regime": value}
+        return arguments
 
     def _with_strategies(self, arguments: list[str]) -> list[str]:
         """The command line plus the freeze dimension from search.strategies, unless
