@@ -16,7 +16,9 @@ from transfersweep.errors import ConfigError
 MODELS = {"cnn": ["backbone=tiny"], "vit": ["backbone=tiny_vit"]}
 
 
-def _train(kind: str, strategy: str, n_blocks: int = 1, adapt: bool = False, **params):
+def _train(
+    kind: str, strategy: str, n_blocks: int = 1, adapt: bool = False, keep: bool = False, **params
+):
     cfg = compose(FAST + MODELS[kind] + ["trainer.target_epochs=3", "optimizer.lr=0.01"])
     torch.manual_seed(0)
     model = timm.create_model(cfg.backbone.name, num_classes=5, **cfg.backbone.kwargs)
@@ -37,7 +39,7 @@ def _train(kind: str, strategy: str, n_blocks: int = 1, adapt: bool = False, **p
         rt,
         cfg,
         epochs=3,
-        frozen_stats=not first.norm_stats,
+        frozen_stats=not first.norm_stats or keep,
         adapt_stats=adapt,
     )
     after = model.state_dict()
@@ -228,12 +230,26 @@ def test_norm_stats_adapt_moves_only_batchnorm_running_statistics(strategy):
     assert {k for k in adapted if k in names} == {k for k in exact if k in names}
 
 
+def test_norm_stats_keep_trains_full_weights_but_no_statistics():
+    """freeze.norm_stats=keep: every BatchNorm keeps its statistics, trained blocks included."""
+    model, _, changed = _train("cnn", "full", keep=True)
+    stats = {
+        k for k in model.state_dict() if k.rsplit(".", 1)[-1].startswith(("running_", "num_b"))
+    }
+    assert stats and not changed & stats
+    assert {n for n, _ in model.named_parameters()} <= changed  # every weight trained
+
+
 def test_norm_stats_is_a_key_of_every_strategy_and_names_the_variant():
     from transfersweep.paradigm import Paradigm
 
     cfg = compose([*FAST, "freeze=surgical", "freeze.norm_stats=adapt"])
     assert strategies.from_config(cfg.freeze).norm_stats == "adapt"
     assert Paradigm.from_cfg(cfg).name == "pretrain_finetune+surgical2_adapt"
-    assert strategies.from_config(compose(FAST).freeze).norm_stats == "frozen"
+    assert strategies.from_config(compose(FAST).freeze).norm_stats == "frozen"  # random init
+    pretrained = compose(["backbone=lite0", "freeze=lp_ft"])  # pretrained weights: keep
+    assert strategies.from_config(pretrained.freeze).norm_stats == "keep"
+    keep = compose([*FAST, "freeze=full", "freeze.norm_stats=keep"])
+    assert Paradigm.from_cfg(keep).name == "pretrain_finetune+full_keep"
     with pytest.raises(ConfigError, match="freeze.norm_stats='moving' is invalid"):
-        strategies.from_config(compose([*FAST, "+freeze.norm_stats=moving"]).freeze)
+        strategies.from_config(compose([*FAST, "freeze.norm_stats=moving"]).freeze)

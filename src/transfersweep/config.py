@@ -203,8 +203,17 @@ class TrainConfig:
     # (transfersweep.strategies). Open to any key at composition, so a sweep over strategies
     # can fix `freeze.n_blocks=2` (it reaches only the trials of strategies that have it); in a
     # run, a key the chosen strategy lacks is a ConfigError naming the strategy's keys.
+    # `norm_stats` (every strategy's BatchNorm statistics, strategies/base.py) defaults to
+    # `keep` when the backbone starts from pretrained weights (tiny target batches give poor
+    # batch statistics: measured in docs/real-task.md) and `frozen` from random init.
     freeze: Any = field(
-        default_factory=lambda: DictConfig({"strategy": "full"}, flags={"struct": False})
+        default_factory=lambda: DictConfig(
+            {
+                "strategy": "full",
+                "norm_stats": "${ts.norm_stats:${backbone.pretrained},${backbone.weights}}",
+            },
+            flags={"struct": False},
+        )
     )
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
@@ -226,6 +235,12 @@ def needs_source(regime: DictConfig) -> bool:
     return any(StageData(s.data) != StageData.target for s in regime.stages)
 
 
+def default_norm_stats(pretrained: Any, weights: Any) -> str:
+    """freeze.norm_stats when not given: `keep` for a backbone with pretrained weights (hub or
+    a file), `frozen` for random init (the resolver ts.norm_stats)."""
+    return "keep" if pretrained or weights else "frozen"
+
+
 def _job_dir(trial_number: Any, job_num: Any) -> str:
     # Trial numbers are unique across all workers of a study; Hydra's job numbers are per worker.
     return f"trial-{trial_number}" if trial_number is not None else str(job_num)
@@ -238,6 +253,8 @@ def register_schemas() -> None:
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
     if not OmegaConf.has_resolver("ts.job_dir"):
         OmegaConf.register_resolver("ts.job_dir", _job_dir)
+    if not OmegaConf.has_resolver("ts.norm_stats"):
+        OmegaConf.register_resolver("ts.norm_stats", default_norm_stats)
     if not OmegaConf.has_resolver("ts.study_name"):
         from transfersweep.sweep.identity import default_name
 

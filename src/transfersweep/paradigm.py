@@ -41,13 +41,13 @@ class Paradigm:
         except ConfigError:
             return cls(regime=str(config.regime.name), strategy=str(config.freeze.get("strategy")))
         values = {k: getattr(strategy.params, k) for k in strategy.keys()}
-        adapt = strategy.norm_stats == "adapt"  # BatchNorm statistics re-estimated: a variant
-        if adapt:
-            values["norm_stats"] = "adapt"
+        stats = strategy.norm_stats  # BatchNorm statistics adapted or kept: a variant
+        if stats != "frozen":
+            values["norm_stats"] = stats
         return cls(
             regime=str(config.regime.name),
             strategy=strategy.name,
-            variant=strategy.label() + ("_adapt" if adapt else ""),
+            variant=strategy.label() + (f"_{stats}" if stats != "frozen" else ""),
             params=tuple(sorted(values.items())),
         )
 

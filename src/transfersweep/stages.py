@@ -154,7 +154,7 @@ def _phases(
             fit_model, train, val, fit_prep, runtime, cfg, phase.epochs,
             lr=stage.lr * phase.lr_scale, eval_classes=stage.eval_classes, on_epoch=on_epoch,
             first_epoch=epoch, lr_scales=_scales_for(fit_model, model, lr_scales),
-            frozen_stats=not phase.norm_stats,
+            frozen_stats=not phase.norm_stats or stage.strategy.norm_stats == "keep",
             adapt_stats=stage.strategy.norm_stats == "adapt",
             checkpoint=checkpoint.phase(i, model, best) if checkpoint is not None else None,
         )  # fmt: skip

@@ -12,8 +12,8 @@ own grouping) and answers:
 - `cached_prefix(layout, phase)`: how many leading blocks stay frozen and deterministic for a
   whole phase, so their output can be computed once (the feature cache).
 - `Params` / `search`: its own config keys (under `freeze.*`) and their sweep ranges.
-- `label()`: its short name in a paradigm (`last_blocks2`; `_adapt` is added by the paradigm
-  when `freeze.norm_stats=adapt`, a framework key every strategy has).
+- `label()`: its short name in a paradigm (`last_blocks2`; `_adapt` / `_keep` is added by the
+  paradigm for `freeze.norm_stats=adapt` / `keep`, a framework key every strategy has).
 - `attach(layout)` / `detach(model)`: change the model when a stage starts (insert adapters)
   and turn it back into a plain timm model when it ends (merge them), so test scoring, the
   checkpoint and the next repeat see the same model as with any other strategy.
@@ -147,7 +147,9 @@ class Strategy:
         # freeze.norm_stats, the framework's key for every strategy: "frozen" keeps BatchNorm
         # running statistics where the strategy freezes (exact); "adapt" lets every BatchNorm
         # re-estimate them on the target batches while its weights stay as `phases` says
-        # (AdaBN, Li et al. 2016; Schneider et al., NeurIPS 2020).
+        # (AdaBN, Li et al. 2016; Schneider et al., NeurIPS 2020); "keep" keeps every
+        # BatchNorm's statistics, trained blocks included (eval-mode BatchNorm: tiny target
+        # batches give poor batch statistics).
         self.norm_stats = "frozen"
 
     @classmethod

@@ -19,7 +19,7 @@ _STRATEGIES: dict[str, type[Strategy]] = {}
 # Keys of the freeze config that belong to the framework, not to a strategy: which strategy,
 # the module that registers it, and what BatchNorm running statistics do (every strategy).
 RESERVED = ("strategy", "module", "norm_stats")
-NORM_STATS = ("frozen", "adapt")
+NORM_STATS = ("frozen", "adapt", "keep")
 
 
 def register(cls: type[Strategy]) -> type[Strategy]:
@@ -93,8 +93,9 @@ def from_config(freeze: Mapping[str, Any]) -> Strategy:
     if strategy.norm_stats not in NORM_STATS:
         raise ConfigError(
             f"freeze.norm_stats={strategy.norm_stats!r} is invalid: choose frozen (BatchNorm "
-            "running statistics stay exactly as the weights brought them) or adapt (every "
-            "BatchNorm re-estimates them on the training batches; weights stay as the strategy says)"
+            "running statistics stay as the weights brought them where the strategy freezes), "
+            "adapt (every BatchNorm re-estimates them on the training batches) or keep (every "
+            "BatchNorm keeps them, trained blocks too; its affine weights train as the strategy says)"
         )
     strategy.check()
     return strategy
