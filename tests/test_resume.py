@@ -22,6 +22,23 @@ from transfersweep import resume, train
 # pretrain (source stage) then the target stage, twice (two repeats): a resume can land in the
 # source stage, in any phase of the target stage, or in a later repeat
 PARADIGM = [*FAST, "regime=pretrain_finetune", "trainer.repeats=2"]
+
+
+@pytest.fixture(autouse=True)
+def ctrl_c_raises():
+    """These tests press Ctrl-C in-process (`_thread.interrupt_main`), which does nothing while
+    SIGINT is SIG_IGN / SIG_DFL; in the full suite something earlier in the process leaves it
+    so (seen in a fresh clone, not when these files run alone). Python's own handler back,
+    and the change reported as a warning so it can be traced."""
+    import warnings
+
+    before = signal.getsignal(signal.SIGINT)
+    if before is not signal.default_int_handler:
+        warnings.warn(f"SIGINT handler was {before!r} before this test; restored", stacklevel=1)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+
+
 LP_FT = ["freeze=lp_ft", "freeze.probe_epochs=2"]
 VOLATILE = ("images_per_s", "seconds")  # wall-clock measurements: never equal
 
