@@ -185,6 +185,20 @@ def test_ood_shifts_change_the_test_images_not_their_labels(shift):
     assert data_mod.build(compose(["data.image_size=16"]), False).target.ood is None
 
 
+def test_a_side_shift_changes_every_split_of_that_side_only():
+    plain = data_mod.build(compose(["data.image_size=16"]), need_source=True)
+    cfg = compose(["data.image_size=16", "data.target.shift=invert"])
+    shifted = data_mod.build(cfg, need_source=True)
+    for split in ("train", "val", "test"):
+        a, b = getattr(plain.target, split), getattr(shifted.target, split)
+        assert torch.equal(b.images, 255 - a.images) and torch.equal(b.labels, a.labels)
+        assert torch.equal(
+            getattr(shifted.source, split).images, getattr(plain.source, split).images
+        )
+    other_draw = shifted.drawn(2).target.train  # k-shot draws come from the shifted images
+    assert torch.equal(other_draw.images, 255 - plain.drawn(2).target.train.images)
+
+
 def test_ood_root_is_scored_in_the_targets_classes(image_folder):
     target = image_folder("t", {"a": 6, "b": 6})
     shifted = image_folder("o", {"b": 3, "a": 2, "extra": 1}, seed=3)
@@ -216,6 +230,11 @@ def test_ood_root_is_scored_in_the_targets_classes(image_folder):
         (["data.target.ood=rotate", "data.target.ood_root=/x"], "data.target.ood_root='/x'"),
         (["data.target.ood=rotate", "data.target.ood_severity=0"], "data.target.ood_severity=0"),
         (["data.source.ood=rotate"], "data.source.ood='rotate'"),
+        (["data.target.shift=fog"], "data.target.shift='fog'"),
+        (
+            ["data.source.shift=blur", "data.source.shift_severity=-1"],
+            "data.source.shift_severity=-1",
+        ),
     ],
 )
 def test_bad_ood_settings_are_config_errors(overrides, message):

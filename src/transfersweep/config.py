@@ -58,6 +58,23 @@ class DatasetConfig:
     ood: str | None = None
     ood_severity: float = 1.0
     ood_root: str | None = None
+    # An input-level shift of every image of this side (all splits; same shifts and severity
+    # scale as `ood`): e.g. data.target.shift=invert makes the target task inverted digits, the
+    # setting where BatchNorm adaptation and surgical fine-tuning of early blocks are studied.
+    shift: str | None = None
+    shift_severity: float = 1.0
+
+
+@dataclass
+class AugmentConfig:
+    """timm's train transform (create_transform(is_training=True)) when data.augment=true:
+    its defaults, with RandAugment on (data.augment)."""
+
+    scale: list[float] = field(default_factory=lambda: [0.08, 1.0])  # random-resized-crop area
+    ratio: list[float] = field(default_factory=lambda: [0.75, 4 / 3])  # and aspect ratio
+    hflip: float = 0.5  # probability of a horizontal flip (0 for digits and text)
+    auto_augment: str | None = "rand-m9-mstd0.5-inc1"  # timm's RandAugment spec; null: off
+    color_jitter: float = 0.4  # used only when auto_augment is null (timm's rule)
 
 
 @dataclass
@@ -74,7 +91,8 @@ class DataConfig:
     val_fraction: float = 0.2  # of each class, when the data set has no val split of its own
     test_fraction: float = 0.2  # likewise, for a test split
     split_seed: int = 0  # fixed apart from `seed` so repeats of a trial see the same splits
-    augment: bool = False  # random crop + flip on training batches
+    augment: bool = False  # timm's train transform (data.aug) on training batches
+    aug: AugmentConfig = field(default_factory=AugmentConfig)
     batch_size: int = 64
     num_workers: int = 0  # image decoding processes for data sets read from disk
     joint_target_share: float = 0.5  # share of target images in each joint-training epoch
@@ -266,6 +284,35 @@ def _check(ok: bool, key: str, value: Any, fix: str) -> None:
         raise ConfigError(f"{key}={value!r} is invalid: {fix}")
 
 
+AUTO_AUGMENT = ("rand", "augmix", "original", "originalr", "v0", "v0r", "3a")  # timm's policies
+
+
+def _check_aug(a: DictConfig) -> None:
+    """data.aug, checked before anything runs (timm would fail only when the data is built)."""
+    lo, hi = (list(a.scale) + [None, None])[:2]
+    _check(
+        len(a.scale) == 2 and 0.0 < lo <= hi <= 1.0,
+        "data.aug.scale",
+        list(a.scale),
+        "give [min, max] shares of the image area, 0 < min <= max <= 1 (timm: [0.08, 1.0])",
+    )
+    lo, hi = (list(a.ratio) + [None, None])[:2]
+    _check(
+        len(a.ratio) == 2 and 0.0 < lo <= hi,
+        "data.aug.ratio",
+        list(a.ratio),
+        "give [min, max] aspect ratios, 0 < min <= max (timm: [0.75, 1.333])",
+    )
+    _check(0.0 <= a.hflip <= 1.0, "data.aug.hflip", a.hflip, "use a probability in [0, 1]")
+    _check(
+        a.auto_augment is None or str(a.auto_augment).split("-")[0] in AUTO_AUGMENT,
+        "data.aug.auto_augment",
+        a.auto_augment,
+        "use a timm policy such as rand-m9-mstd0.5-inc1 (RandAugment), augmix-m5-w4-d2, "
+        "original or v0, or null for colour jitter only",
+    )
+
+
 def validate(cfg: DictConfig) -> None:
     """Range and consistency checks that the schema's types cannot express."""
     d, t, o = cfg.data, cfg.trainer, cfg.optimizer
@@ -300,6 +347,8 @@ def validate(cfg: DictConfig) -> None:
         "use 2 or more (BatchNorm trains on 2+ images)",
     )
     _check(d.num_workers >= 0, "data.num_workers", d.num_workers, "use 0 or more workers")
+    if d.augment:
+        _check_aug(d.aug)
     for key in ("val_fraction", "test_fraction"):
         v = d[key]
         _check(0.0 < v < 1.0, f"data.{key}", v, "use a fraction strictly between 0 and 1")
@@ -323,6 +372,20 @@ def validate(cfg: DictConfig) -> None:
         f"choose one of {', '.join(OOD_SHIFTS + OOD_SETS)} (or data.target.ood_root=<folder> "
         "for your own)",
     )
+    for side in ("source", "target"):
+        ds = d[side]
+        _check(
+            ds.shift is None or ds.shift in OOD_SHIFTS,
+            f"data.{side}.shift",
+            ds.shift,
+            f"choose one of {', '.join(OOD_SHIFTS)}, or null for the images as they are",
+        )
+        _check(
+            ds.shift_severity > 0,
+            f"data.{side}.shift_severity",
+            ds.shift_severity,
+            "use a positive strength",
+        )
     _check(
         not (t_.ood and t_.ood_root),
         "data.target.ood_root",

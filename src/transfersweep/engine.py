@@ -225,7 +225,7 @@ def fit(
         for x, y in train:
             x, y = runtime.to_device(x), y.to(runtime.device, non_blocking=True)
             with runtime.autocast():
-                logits = model(prep(x, train=True))
+                logits = model(prep(x))
                 loss = F.cross_entropy(logits.float(), y)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()

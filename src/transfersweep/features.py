@@ -50,7 +50,7 @@ class FeatureSet(ImageSet):
 class NoPrep(torch.nn.Module):
     """Stands in for data.Preprocess when batches are already features."""
 
-    def forward(self, x: torch.Tensor, train: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x
 
 

@@ -63,7 +63,7 @@ def load(cfg: DictConfig, parallel_jobs: int = 1) -> Inputs:
     model.to(runtime.device)
     if runtime.channels_last:
         model.to(memory_format=torch.channels_last)
-    preprocess = data_mod.Preprocess.of(model_input, cfg.data.augment).to(runtime.device)
+    preprocess = data_mod.Preprocess.of(model_input).to(runtime.device)
     log.info(
         "backbone %s | data %s at %d px (%s, crop %.3g): target %s%s | device %s%s%s",
         cfg.backbone.name,

@@ -84,7 +84,8 @@ def key(cfg: DictConfig, stage_index: int, precision: str) -> str:
                 "augment",
                 "batch_size",
             )
-        },
+        }
+        | ({"aug": d["aug"]} if d["augment"] else {}),
         "optimizer": {
             k: v for k, v in c["optimizer"].items() if k != "lr"
         },  # lr: target stages only

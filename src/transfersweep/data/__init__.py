@@ -12,7 +12,8 @@ from dataclasses import dataclass, replace
 from omegaconf import DictConfig
 
 from transfersweep.config import OOD_SETS, StageData
-from transfersweep.data import sources, splits
+from transfersweep.data import augment, sources, splits
+from transfersweep.data.augment import TrainAugment
 from transfersweep.data.batches import Batches, Preprocess
 from transfersweep.data.images import ImageSet, concat
 from transfersweep.data.model_input import ModelInput
@@ -25,6 +26,7 @@ __all__ = ["Batches", "ModelInput", "Preprocess", "Splits", "TransferData", "bui
 class TransferData:
     target: Splits
     source: Splits | None  # None when no stage needs it (target_only)
+    augment: TrainAugment | None = None  # data.augment: timm's train transform on train batches
 
     def num_classes(self, data: StageData) -> int:
         if data == StageData.target:
@@ -47,7 +49,11 @@ class TransferData:
     ) -> Batches:
         d = cfg.data
         common = dict(
-            batch_size=d.batch_size, seed=seed, num_workers=d.num_workers, pin_memory=pin_memory
+            batch_size=d.batch_size,
+            seed=seed,
+            num_workers=d.num_workers,
+            pin_memory=pin_memory,
+            augment=self.augment,
         )
         if data == StageData.joint:
             src = self._source()
@@ -86,11 +92,17 @@ def build(cfg: DictConfig, need_source: bool, mi: ModelInput | None = None) -> T
     def side(name: str) -> Splits:
         ds = d[name]
         pool = sources.load(ds, name, mi, d.memory_budget_mb, d.num_workers)
+        if ds.shift:
+            pool.parts = {k: _shifted(v, ds, f"data.{name}", d) for k, v in pool.parts.items()}
         return splits.split(pool, d.val_fraction, d.test_fraction, d.split_seed, ds.k_shot, name)
 
     target = side("target")
     target.ood = _ood(d, target, mi)
-    return TransferData(target=target, source=side("source") if need_source else None)
+    return TransferData(
+        target=target,
+        source=side("source") if need_source else None,
+        augment=augment.of(cfg, mi),
+    )
 
 
 def _ood(d: DictConfig, target: Splits, mi: ModelInput) -> ImageSet | None:
@@ -125,6 +137,22 @@ def _ood(d: DictConfig, target: Splits, mi: ModelInput) -> ImageSet | None:
         )
         return _whole(pool)
     return None
+
+
+def _shifted(part: ImageSet, ds: DictConfig, key: str, d: DictConfig) -> ImageSet:
+    """A side's images under its input-level shift (data.<side>.shift), once, in memory."""
+    from transfersweep.data import shifts
+    from transfersweep.data.images import TensorImages
+    from transfersweep.errors import DataError
+
+    if not isinstance(part, TensorImages):
+        raise DataError(
+            f"{key}.shift={ds.shift} shifts images in memory, but {key} is read from disk "
+            "(over data.memory_budget_mb): raise the budget, or shift the files themselves"
+        )
+    return TensorImages(
+        shifts.apply(part.images, ds.shift, ds.shift_severity, seed=d.split_seed), part.labels
+    )
 
 
 def _whole(pool: sources.Pool) -> ImageSet:

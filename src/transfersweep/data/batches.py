@@ -3,20 +3,24 @@
 `Batches` draws index batches itself (seeded) and gathers them from memory,
 which for small in-memory sets is far cheaper than a per-sample DataLoader;
 on-disk sets go through a DataLoader with workers and the same index batches.
-`Preprocess` turns uint8 batches into normalised floats on the device, with
-optional augmentation, so the host only moves bytes.
+`Preprocess` turns uint8 batches into normalised floats on the device, so the host only
+moves bytes. Training batches may pass through timm's train transform first
+(`data.augment`, `augment.TrainAugment`), on the host, seeded from the batches' generator.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 
 from transfersweep.data.images import FileImages, ImageSet
 from transfersweep.data.model_input import ModelInput
+
+if TYPE_CHECKING:
+    from transfersweep.data.augment import TrainAugment
 
 
 class Batches:
@@ -26,6 +30,8 @@ class Batches:
     `target_share` (joint training) with `n_target` makes each batch hold that
     share of the first `n_target` items (the target set), drawn cyclically, the
     rest from the others; the epoch length stays len(images) items.
+    `augment` (training batches, data.augment) transforms each gathered uint8 batch with a
+    seed drawn from the same generator, so the data order and the augmentation resume alike.
     """
 
     def __init__(
@@ -38,8 +44,10 @@ class Batches:
         n_target: int | None = None,
         target_share: float | None = None,
         pin_memory: bool = False,
+        augment: TrainAugment | None = None,
     ):
         self.images, self.batch_size, self.shuffle = images, batch_size, shuffle
+        self.augment = augment
         self.gen = torch.Generator().manual_seed(seed)
         self.num_workers, self.pin_memory = num_workers, pin_memory
         self.n_target, self.target_share = n_target, target_share
@@ -71,6 +79,15 @@ class Batches:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         batches = self.index_batches()
+        if self.augment is None:
+            yield from self._gather(batches)
+            return
+        seeds = torch.randint(0, 2**31 - 1, (len(batches),), generator=self.gen).tolist()
+        for (x, y), seed in zip(self._gather(batches), seeds, strict=True):
+            x = self.augment(x, seed)
+            yield (x.pin_memory(), y) if self.pin_memory else (x, y)
+
+    def _gather(self, batches: list[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if isinstance(self.images, FileImages):
             loader = torch.utils.data.DataLoader(
                 self.images,
@@ -98,35 +115,17 @@ def _cycle(order: torch.Tensor, length: int, gen: torch.Generator) -> torch.Tens
 
 
 class Preprocess(torch.nn.Module):
-    """uint8 (B,3,S,S) -> normalised float on the device; optional random shift + flip."""
+    """uint8 (B,3,S,S) -> normalised float on the device (timm's mean/std for the backbone)."""
 
-    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], augment: bool = False):
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]):
         super().__init__()
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1) * 255)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1) * 255)
-        self.augment = augment
 
     @classmethod
-    def of(cls, mi: ModelInput, augment: bool = False) -> Preprocess:
+    def of(cls, mi: ModelInput) -> Preprocess:
         """The mean/std of the backbone's timm data config (data.model_input)."""
-        return cls(mi.mean, mi.std, augment=augment)
+        return cls(mi.mean, mi.std)
 
-    def forward(self, x: torch.Tensor, train: bool = False) -> torch.Tensor:
-        x = (x.float() - self.mean) / self.std
-        if train and self.augment:
-            x = _random_shift_flip(x)
-        return x
-
-
-def _random_shift_flip(x: torch.Tensor) -> torch.Tensor:
-    """Random translation by up to 1/8 of the size (zero padding) and horizontal flip, per image."""
-    b = x.shape[0]
-    theta = torch.zeros(b, 2, 3, device=x.device)
-    flip = torch.where(torch.rand(b, device=x.device) < 0.5, -1.0, 1.0)
-    theta[:, 0, 0] = flip
-    theta[:, 1, 1] = 1.0
-    theta[:, :, 2] = (
-        torch.rand(b, 2, device=x.device) * 2 - 1
-    ) * 0.25  # 1/8 of the side, grid is [-1, 1]
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.float() - self.mean) / self.std

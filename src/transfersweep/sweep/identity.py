@@ -56,6 +56,8 @@ def record(cfg: DictConfig, directions: list[str], objectives: list[str], space:
         if ds.get("kind") == "imagefolder":
             ds["fingerprint"] = files_fingerprint(ds.get("root"))
             ds.pop("root", None)  # the files say it; a moved folder is the same data
+        if not ds.get("shift"):  # a key added later: absent and unused read the same
+            ds.pop("shift_severity", None)
         return ds
 
     b = c["backbone"]
