@@ -53,6 +53,22 @@ def test_it_is_timms_train_transform_seeded_per_batch_and_leaves_global_rngs_alo
         assert np.array_equal(timm_img, out[i].permute(1, 2, 0).numpy())
 
 
+@pytest.mark.parametrize("policy", ["rand-m9-mstd0.5-inc1", "rand-m9-mstd0.5"])
+def test_posterize_to_zero_bits_gives_a_black_image_instead_of_stopping_the_run(policy):
+    """timm's posterize level can reach 0 bits, which Pillow 11+ refuses (seen mid-run)."""
+    from PIL import Image
+
+    _, aug = _augment(auto_augment=policy)
+    (policy_t,) = [t for t in aug.transform.transforms if hasattr(t, "ops") or hasattr(t, "policy")]
+    ops = getattr(policy_t, "ops", None) or [op for sub in policy_t.policy for op in sub]
+    op = next(op for op in ops if "Posterize" in op.name)
+    op.prob, op.magnitude_std = 1.0, 0.0
+    op.magnitude = 10.0 if "Increasing" in op.name else 0.0  # the level that keeps 0 bits
+    assert op.level_fn(op.magnitude, op.hparams) == (0,)
+    out = np.asarray(op(Image.fromarray(_images(1)[0].permute(1, 2, 0).numpy())))
+    assert out.shape == (24, 24, 3) and not out.any()
+
+
 def test_an_epoch_resumed_from_the_generator_state_augments_identically():
     from transfersweep.data import Batches
     from transfersweep.data.images import TensorImages

@@ -53,6 +53,8 @@ class TrainAugment:
             std=mi.std,
             separate=True,
         )
+        for t in secondary.transforms:
+            _mend_posterize(t)
         self.transform = transforms.Compose([*primary.transforms, *secondary.transforms])
 
     def __call__(self, x: torch.Tensor, seed: int) -> torch.Tensor:
@@ -68,6 +70,29 @@ class TrainAugment:
 
     def __repr__(self) -> str:
         return f"TrainAugment({self.transform})"
+
+
+def _mend_posterize(policy: object) -> None:
+    """timm 1.0's RandAugment / AutoAugment can ask Pillow to posterize to 0 bits (`inc1`
+    policies at magnitude 10, plain ones below 2.5); Pillow 11+ raises on that where older
+    Pillow returned a black image. Give its posterize ops that old result instead, so a
+    sampled magnitude cannot stop a training run."""
+    ops = list(getattr(policy, "ops", []))
+    for sub in getattr(policy, "policy", []):  # AutoAugment: a list of sub-policies
+        ops += list(sub)
+    for op in ops:
+        if "Posterize" in getattr(op, "name", ""):
+            op.aug_fn = _posterize
+
+
+def _posterize(img, bits_to_keep: int, **kwargs):
+    from PIL import ImageOps
+
+    if bits_to_keep >= 8:
+        return img
+    if bits_to_keep <= 0:
+        return img.point(lambda _: 0)  # what keeping 0 bits meant in Pillow < 11
+    return ImageOps.posterize(img, bits_to_keep)
 
 
 @contextlib.contextmanager
