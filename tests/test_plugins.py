@@ -1,7 +1,7 @@
 """A strategy and a regime of the user's own, from a temporary folder, without editing the
-package: the README's examples (the strategy's code and yaml, and a regime: joint training,
-then fine-tuning on the target alone), taken from the README itself, through Hydra's search
-path, end to end and in sweeps."""
+package: the documented examples (the strategy's code and yaml, and a regime: joint training,
+then fine-tuning on the target alone), taken from docs/strategies.md itself, through Hydra's
+search path, end to end and in sweeps."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ import pytest
 from conftest import FAST, ROOT, cli, runs
 
 
-def readme_example(path: str) -> str:
-    """The code block that follows `<!-- example: path -->` in the README."""
-    text = (ROOT / "README.md").read_text()
+def doc_example(path: str) -> str:
+    """The code block that follows `<!-- example: path -->` in docs/strategies.md."""
+    text = (ROOT / "docs" / "strategies.md").read_text()
     m = re.search(rf"<!-- example: {re.escape(path)} -->\n```\w+\n(.*?)```", text, re.S)
-    assert m, f"the README has no example block for {path}"
+    assert m, f"docs/strategies.md has no example block for {path}"
     return m.group(1)
 
 
@@ -26,12 +26,12 @@ def plugin(tmp_path):
     """(PYTHONPATH entry, config dir) holding the user's strategy and regime."""
     code = tmp_path / "plugins"
     code.mkdir()
-    (code / "my_strategies.py").write_text(readme_example("my_strategies.py"))
+    (code / "my_strategies.py").write_text(doc_example("my_strategies.py"))
     conf = tmp_path / "myconf"
     (conf / "freeze").mkdir(parents=True)
     (conf / "regime").mkdir()
-    (conf / "freeze" / "head_first.yaml").write_text(readme_example("freeze/head_first.yaml"))
-    (conf / "regime" / "mine.yaml").write_text(readme_example("regime/mine.yaml"))
+    (conf / "freeze" / "head_first.yaml").write_text(doc_example("freeze/head_first.yaml"))
+    (conf / "regime" / "mine.yaml").write_text(doc_example("regime/mine.yaml"))
     return str(code), conf
 
 

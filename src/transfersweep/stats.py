@@ -1,6 +1,6 @@
 """Uncertainty of accuracies measured over repeats, and paired comparisons between paradigms.
 
-Assumptions (stated in the README): the repeats of one trial are independent draws of (k-shot
+Assumptions (stated in docs/sweeps.md): the repeats of one trial are independent draws of (k-shot
 training images, seed) scored on the same val/test images, and their mean is roughly normal,
 so a Student t interval over the repeats is the 95 % confidence interval of the mean. It covers
 the variation between repeats, not the finite size of the val/test split (which is the same for

@@ -1,8 +1,8 @@
 """Tuning strategies: what trains when, at which learning rate (`conf/freeze/`).
 
 One module per strategy; each registers itself by name. `from_config(cfg.freeze)` builds the
-configured one. See base.py for the questions a strategy answers, and the README
-("Add a strategy") for a complete example.
+configured one. See base.py for the questions a strategy answers, and
+docs/strategies.md ("Add a strategy") for a complete example.
 """
 
 import importlib
