@@ -39,23 +39,12 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def _folder_fingerprint(root: str | None) -> str | None:
-    """Cheap identity of an image folder: relative paths, sizes and mtimes of its files."""
-    if not root or not Path(root).expanduser().is_dir():
-        return None
-    base = Path(root).expanduser().resolve()
-    h = hashlib.sha256(str(base).encode())
-    for p in sorted(base.rglob("*")):
-        if p.is_file():
-            st = p.stat()
-            h.update(f"{p.relative_to(base)}|{st.st_size}|{st.st_mtime_ns}".encode())
-    return h.hexdigest()
-
-
 def key(cfg: DictConfig, stage_index: int, precision: str) -> str:
     """Digest of the inputs of source stage `stage_index` (and the stages before it)."""
     import timm
     import torch
+
+    from transfersweep.data import fingerprint
 
     c = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     backbone = dict(c["backbone"])
@@ -66,8 +55,7 @@ def key(cfg: DictConfig, stage_index: int, precision: str) -> str:
         backbone["weights"] = _file_digest(Path(w).expanduser())
     d = c["data"]
     source = dict(d["source"])
-    if source.get("kind") == "imagefolder":
-        source["fingerprint"] = _folder_fingerprint(source.get("root"))
+    source["fingerprint"] = fingerprint.of(source, mtimes=True)  # every kind: files or package
     ingredients = {
         "v": 1,
         "backbone": backbone,

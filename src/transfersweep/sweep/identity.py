@@ -6,16 +6,16 @@ name; otherwise the data config's name) and the backbone, e.g. `goldfinches-tf_e
 or `digits-resnet18` (`make sweep` uses the preset's name: `goldfinches-lite0`).
 
 The first worker stores a record in the study (`about`, a user attribute): the data (each
-side's config and, for image folders, a fingerprint of the files: relative paths and sizes),
-the backbone and its weights, the objective, and the search space. A later sweep of the same
-name whose record differs is refused before any trial runs, with what differs and the fix: a
-new name (`hydra.sweeper.study_name=`, `STUDY=`), or `hydra.sweeper.resume_changed=true`
-(`RESUME_CHANGED=1`) to continue anyway. A study made before the record existed gets one.
+side's config and, for image folders, a fingerprint of the files: relative paths and sizes,
+`data/fingerprint.py`), the backbone and its weights, the objective, and the search space. A
+later sweep of the same name whose record differs is refused before any trial runs, with what
+differs and the fix: a new name (`hydra.sweeper.study_name=`, `STUDY=`), or
+`hydra.sweeper.resume_changed=true` (`RESUME_CHANGED=1`) to continue anyway. A study made
+before the record existed gets one.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -31,22 +31,10 @@ def default_name(data_name: str, target_root: str | None, backbone: str) -> str:
     return f"{what}-{backbone}"
 
 
-def files_fingerprint(root: str | None) -> dict[str, Any] | None:
-    """An image folder's files (relative paths and sizes; moved or copied folders match)."""
-    if not root or not Path(root).expanduser().is_dir():
-        return None
-    base = Path(root).expanduser().resolve()
-    h, n = hashlib.sha256(), 0
-    for p in sorted(base.rglob("*")):
-        if p.is_file() and not p.name.startswith("."):
-            h.update(f"{p.relative_to(base)}|{p.stat().st_size}\n".encode())
-            n += 1
-    return {"files": n, "sha256": h.hexdigest()[:16]}
-
-
 def record(cfg: DictConfig, directions: list[str], objectives: list[str], space: Any) -> dict:
     """What this sweep is about, as plain JSON values (see the module doc)."""
     from transfersweep.config import has_source
+    from transfersweep.data import fingerprint
 
     c = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     d = c["data"]
@@ -54,7 +42,7 @@ def record(cfg: DictConfig, directions: list[str], objectives: list[str], space:
     def side(name: str) -> dict[str, Any]:
         ds = dict(d[name])
         if ds.get("kind") == "imagefolder":
-            ds["fingerprint"] = files_fingerprint(ds.get("root"))
+            ds["fingerprint"] = fingerprint.files(ds.get("root"))
             ds.pop("root", None)  # the files say it; a moved folder is the same data
         if not ds.get("shift"):  # a key added later: absent and unused read the same
             ds.pop("shift_severity", None)
