@@ -121,5 +121,5 @@ format: install ## ruff fix + format
 	$(VENV)/bin/ruff format src tests bench
 
 clean: ## remove outputs/ (runs, MLflow store, studies, pretrain cache) and caches; keeps .venv
-	rm -rf $(OUTPUTS)/runs $(OUTPUTS)/sweeps $(OUTPUTS)/mlflow.db $(OUTPUTS)/mlartifacts $(OUTPUTS)/optuna.db $(OUTPUTS)/cache .pytest_cache .ruff_cache
+	rm -rf $(OUTPUTS)/runs $(OUTPUTS)/sweeps $(OUTPUTS)/mlflow.db $(OUTPUTS)/mlartifacts $(OUTPUTS)/optuna.db $(OUTPUTS)/optuna.db.lock $(OUTPUTS)/cache $(OUTPUTS)/resume $(OUTPUTS)/predictions.csv .pytest_cache .ruff_cache
 	find . -name __pycache__ -not -path './$(VENV)/*' -prune -exec rm -rf {} +

@@ -37,3 +37,25 @@ def test_every_relative_link_and_anchor_resolves(doc):
 
 def test_the_readme_stays_a_front_page():
     assert len((ROOT / "README.md").read_text().splitlines()) <= 200
+
+
+def test_help_is_the_purpose_examples_and_groups_not_a_config_dump(tmp_path):
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "transfersweep.train", "--help"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    assert text.startswith("transfersweep: find the best way")
+    assert text.count("\n  transfersweep ") == 5  # five examples
+    assert "backbone: " in text and "lite0" in text  # the groups and their options
+    assert "name: resnet18" not in text and len(text.splitlines()) < 40  # no config dump
+
+    predict = subprocess.run(
+        [sys.executable, "-m", "transfersweep.predict", "--help"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert predict.returncode == 0 and predict.stdout.startswith("usage: transfersweep-predict")

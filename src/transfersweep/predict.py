@@ -173,9 +173,26 @@ def _args(argv: Sequence[str]) -> dict[str, str]:
     return args
 
 
+USAGE = """usage: transfersweep-predict model=<model> images=<folder|file> [out=predictions.csv]
+       [batch_size=256] [device=cpu|cuda] [tracking_uri=<MLflow URI>]
+
+Classify images with a trained model; writes predictions.csv (path, label, probability) and,
+when images= is a folder of class sub-folders, prints the accuracy.
+
+  model=models:/<study>@champion   a sweep's registered champion (make predict uses this)
+  model=runs:/<run_id>             the checkpoint a run logged
+  model=<folder>                   a downloaded checkpoint folder (model.safetensors + config.yaml)
+
+The MLflow store is MLFLOW_TRACKING_URI, tracking_uri=, or ./outputs/mlflow.db (the default)."""
+
+
 def main(argv: Sequence[str] | None = None) -> float | None:
     """Write predictions.csv; returns the accuracy when the folder has class sub-folders."""
-    args = _args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help", "help") for a in argv):
+        print(USAGE)
+        return None
+    args = _args(argv)
     files, truth = image_files(Path(args["images"]))
     import os
 
