@@ -8,7 +8,7 @@ import pytest
 
 from transfersweep import stats
 from transfersweep.paradigm import Paradigm
-from transfersweep.sweep.summary import Row
+from transfersweep.sweep.row import Row
 from transfersweep.sweep.verdict import decide
 
 

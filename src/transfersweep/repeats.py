@@ -11,8 +11,12 @@ paired comparison (transfersweep.stats) needs. A confirmation run starts at a la
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig
+
+if TYPE_CHECKING:
+    from transfersweep.stages import StageResult
 
 
 @dataclass(frozen=True)
@@ -30,3 +34,17 @@ def plan(trainer: DictConfig) -> list[Repeat]:
         )
         for r in range(first, first + trainer.repeats)
     ]
+
+
+@dataclass
+class RepeatResult:
+    """What one repeat of the target stages scored (stages.repeat), kept per repeat so the
+    results are a mean with a CI and paired across paradigms."""
+
+    index: int  # the repeat's index r (Repeat.index)
+    draw: str  # fingerprint of its k-shot draw (data.splits.Splits.digest)
+    seconds: float  # the target stages' training and scoring
+    val_acc: float  # the last stage's best target val accuracy
+    test_acc: float  # the same weights on the target test split
+    last: StageResult
+    ood_acc: float | None = None  # ... on the out-of-distribution test set (data.target.ood)

@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from transfersweep import stats
 from transfersweep.inputs import Inputs
 from transfersweep.paradigm import Paradigm
-from transfersweep.stages import RepeatResult
+from transfersweep.repeats import RepeatResult
 from transfersweep.sweep.trial import TrialLink
 
 

@@ -304,7 +304,8 @@ class Resume:
 
     def done_repeats(self) -> list[Any]:
         """The repeats the found state had scored, as stages.RepeatResult."""
-        from transfersweep.stages import RepeatResult, StageResult
+        from transfersweep.repeats import RepeatResult
+        from transfersweep.stages import StageResult
 
         out, best = [], max(self.repeats, key=lambda d: d["val_acc"], default=None)
         for d in self.repeats:

@@ -22,7 +22,7 @@ from transfersweep import engine, features, freezing
 from transfersweep.data import Batches
 from transfersweep.inputs import Inputs
 from transfersweep.regime import Stage
-from transfersweep.repeats import Repeat
+from transfersweep.repeats import Repeat, RepeatResult
 from transfersweep.strategies import Phase
 
 log = logging.getLogger("transfersweep")
@@ -333,17 +333,6 @@ def snapshot(inputs: Inputs) -> dict[str, torch.Tensor]:
 
 def restore(inputs: Inputs, start: dict[str, torch.Tensor]) -> None:
     inputs.model.load_state_dict(start, strict=False)
-
-
-@dataclass
-class RepeatResult:
-    index: int  # the repeat's index r (transfersweep.repeats.Repeat)
-    draw: str  # fingerprint of its k-shot draw (data.splits.Splits.digest)
-    seconds: float  # the target stages' training and scoring
-    val_acc: float  # the last stage's best target val accuracy
-    test_acc: float  # the same weights on the target test split
-    last: StageResult
-    ood_acc: float | None = None  # ... on the out-of-distribution test set (data.target.ood)
 
 
 def repeat(

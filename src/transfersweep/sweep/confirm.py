@@ -20,7 +20,7 @@ from typing import Any
 
 from transfersweep.sweep import sampling
 from transfersweep.sweep.hydra_optuna import SearchSpace
-from transfersweep.sweep.summary import Row
+from transfersweep.sweep.row import Row
 
 log = logging.getLogger("transfersweep.sweep")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from transfersweep import stats
-from transfersweep.sweep.summary import Row
+from transfersweep.sweep.row import Row
 
 HOW_TO_TEST = (
     "run the sweep with trainer.repeats>=5 (paired k-shot draws and seeds) or "
