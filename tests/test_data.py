@@ -104,19 +104,22 @@ def test_unreadable_images_are_skipped_and_counted(image_folder):
 
 
 def test_lazy_loading_when_over_the_memory_budget(image_folder):
+    from transfersweep.data.images import FileImages
+
     root = image_folder("lazy", {"a": 5, "b": 5})
-    cfg = compose(
-        [
-            "data=imagefolder",
-            "data.image_size=16",
-            f"data.target.root={root}",
-            "data.memory_budget_mb=0",
-            "data.num_workers=0",
-        ]
-    )
+    base = ["data=imagefolder", "data.image_size=16", f"data.target.root={root}",
+            "data.num_workers=0"]  # fmt: skip
+    cfg = compose([*base, "data.memory_budget_mb=0"])
     d = data_mod.build(cfg, need_source=False)
+    for split in ("train", "val", "test"):  # read per batch from disk, not decoded up front
+        assert isinstance(getattr(d.target, split), FileImages), split
     x, y = next(iter(d.train_batches(StageData.target, cfg, seed=0)))
     assert x.dtype == torch.uint8 and x.shape[1:] == (3, 16, 16) and len(x) == len(y)
+    eager_cfg = compose([*base, "data.memory_budget_mb=64"])
+    eager = data_mod.build(eager_cfg, need_source=False)
+    assert isinstance(eager.target.train, TensorImages)  # within the budget: in memory
+    ex, ey = next(iter(eager.train_batches(StageData.target, eager_cfg, seed=0)))
+    assert torch.equal(x, ex) and torch.equal(y, ey)  # the same pixels either way
 
 
 @pytest.mark.parametrize(
