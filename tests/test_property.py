@@ -30,6 +30,14 @@ VALID = {
     "data.joint_target_share": st.floats(0.01, 0.99),
     "data.augment": st.booleans(),
 }
+
+
+def _examples(strategy) -> list:
+    """Every value a sampled_from / just strategy can give."""
+    inner = getattr(strategy, "wrapped_strategy", strategy)
+    return list(getattr(inner, "elements", None) or [inner.value])
+
+
 INVALID = {
     "freeze.n_blocks": st.sampled_from([-1, 0, 6, 9]),
     "optimizer.lr": st.sampled_from([0.0, -0.1, 1e6]),
@@ -48,6 +56,7 @@ INVALID = {
 def values(draw):
     """Valid values everywhere, and in half of the examples one key set to a bad value."""
     v = {k: draw(s) for k, s in VALID.items()}
+    broken = None
     if draw(st.booleans()):
         broken = draw(st.sampled_from(sorted(INVALID)))
         v[broken] = draw(INVALID[broken])
@@ -55,7 +64,7 @@ def values(draw):
             v["freeze"] = "last_blocks"  # the strategy that has the key
     if v["freeze"] != "last_blocks":
         del v["freeze.n_blocks"]  # a strategy's own key exists only with that strategy
-    return v
+    return v, broken
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +74,10 @@ def store(tmp_path_factory):
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(values())
-def test_any_config_finishes_or_fails_cleanly(store, v):
+def test_any_config_finishes_or_fails_cleanly(store, example):
+    """Valid values finish with a metric in [0, 1] (or fail cleanly: a huge lr may diverge);
+    a bad value is always rejected, with an error that names its key."""
+    v, broken = example
     overrides = [
         "backbone=tiny",
         "trainer.device=cpu",
@@ -78,8 +90,31 @@ def test_any_config_finishes_or_fails_cleanly(store, v):
     except TransferSweepError as e:
         event(f"error: {type(e).__name__} {str(e).split('=')[0]}")
         assert 0 < len(str(e)) < 600, str(e)
+        if broken is not None:
+            assert broken in str(e) or _sum_key(broken) in str(e), (broken, str(e))
     else:
         event("finished")
+        assert broken is None, f"{broken}={v[broken]} was accepted"
         assert math.isfinite(value) and 0.0 <= value <= 1.0
     _, found = runs(store)
     assert not any(r.info.status == "RUNNING" for r in found)
+
+
+def _sum_key(key: str) -> str:
+    """val_fraction=0.8 can fail as the sum with test_fraction (its own, clearer message)."""
+    return "data.val_fraction+data.test_fraction" if key == "data.val_fraction" else key
+
+
+BAD = [(k, x) for k, strategy in INVALID.items() for x in _examples(strategy)]
+
+
+@pytest.mark.parametrize(("key", "bad"), BAD, ids=[f"{k}={x}" for k, x in BAD])
+def test_every_bad_value_is_rejected_naming_its_key(store, key, bad):
+    """Each invalid value above, alone among defaults: rejected before anything trains (the
+    random examples cannot promise to draw every one)."""
+    overrides = ["backbone=tiny", "trainer.device=cpu", "trainer.threads=1", f"{key}={bad}"]
+    if key.startswith("freeze."):
+        overrides.append("freeze=last_blocks")
+    with pytest.raises(TransferSweepError) as e:
+        train.run(compose(overrides, store))
+    assert key in str(e.value) or _sum_key(key) in str(e.value), str(e.value)

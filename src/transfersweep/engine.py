@@ -201,6 +201,9 @@ def fit(
     move where its weights are frozen. A `checkpoint` (transfersweep.resume.FitCheckpoint)
     puts a saved epoch back before the loop and saves every epoch the loop completes."""
     lr = cfg.optimizer.lr if lr is None else lr
+    o = cfg.optimizer  # which key set this stage's rate, for the error that asks to lower it
+    lr_key = "optimizer.source_lr" if lr == o.source_lr and lr != o.lr else "optimizer.lr"
+    lr_set = o.source_lr if lr_key == "optimizer.source_lr" else o.lr
     steps = epochs * len(train)
     opt, sched = make_optimizer(
         model, cfg.optimizer, lr, steps, cfg.optimizer.warmup_epochs * len(train), lr_scales
@@ -239,7 +242,8 @@ def fit(
         if not math.isfinite(train_loss):
             hint = " or use trainer.precision=fp32" if runtime.amp_dtype is not None else ""
             raise TrainingError(
-                f"non-finite loss at epoch {epoch}: lower the learning rate (now {lr}){hint}"
+                f"non-finite loss at epoch {epoch} (learning rate {lr:.3g} there): lower "
+                f"{lr_key} (now {lr_set:g}){hint}"
             )
         train_seconds = time.perf_counter() - t0
         val_loss, val_acc = evaluate(model, val, prep, runtime, eval_classes)
