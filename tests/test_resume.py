@@ -137,9 +137,9 @@ def test_an_interrupted_run_resumes_where_it_stopped_with_identical_results(
     assert not list((b / "resume").iterdir())  # state and lock removed at the end
 
 
-def _kill_9_when(args: list[str], outputs: Path, reached) -> dict:
+def _kill_9_when(args: list[str], outputs: Path, reached) -> tuple[dict, str]:
     """Run the entrypoint until the saved state reaches a point, then SIGKILL it: no handler
-    runs, nothing is flushed or cleaned. Returns the point saved last."""
+    runs, nothing is flushed or cleaned. Returns the point saved last and the process's log."""
     proc = start_cli(args, outputs.parent)
     deadline = time.time() + 300
     while time.time() < deadline:
@@ -147,7 +147,7 @@ def _kill_9_when(args: list[str], outputs: Path, reached) -> dict:
         if p is not None and reached(p):
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=30)
-            return _saved_point(outputs)
+            return _saved_point(outputs), proc.stdout.read()
         if proc.poll() is not None:
             raise AssertionError(f"ended before the kill: {proc.stdout.read()[-3000:]}")
         time.sleep(0.005)
@@ -162,11 +162,14 @@ def test_kill_9_in_the_source_stage_then_in_a_later_repeat_resumes_exactly(tmp_p
     out = cli([*args, f"paths.outputs={a}"], tmp_path)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     cmd = [*args, f"paths.outputs={b}"]
-    first = _kill_9_when(cmd, b, lambda p: p["repeat"] is None and p["epoch"] >= 3)
+    first, _ = _kill_9_when(cmd, b, lambda p: p["repeat"] is None and p["epoch"] >= 3)
     assert first["repeat"] is None and first["epoch"] < 20  # in the source stage
     (dead,) = runs(b)[1]
     assert dead.info.status == "RUNNING"  # SIGKILL: nobody ended it
-    second = _kill_9_when(cmd, b, lambda p: p["repeat"] == 1 and p["epoch"] >= 4)
+    second, log = _kill_9_when(cmd, b, lambda p: p["repeat"] == 1 and p["epoch"] >= 4)
+    # the second process took the source stage up where the first died, not from epoch 1
+    assert f"resumed from epoch {first['epoch']} (pretrain)" in log, log[-3000:]
+    assert "[pretrain] epoch   1/20" not in log
     assert second["repeat"] == 1 and second["epoch"] < 40
     out = cli(cmd, tmp_path)
     log = out.stdout + out.stderr
@@ -183,7 +186,7 @@ def test_kill_9_in_the_source_stage_then_in_a_later_repeat_resumes_exactly(tmp_p
 def test_a_killed_sweep_trial_is_resumed_by_its_retry(tmp_path):
     cells = [*FAST, "regime=target_only", "trainer.target_epochs=30", "pruner.name=median"]
     sweep = ["-m", "sweep=grid", *cells, "freeze=full", f"paths.outputs={tmp_path / 's'}"]
-    killed_at = _kill_9_when(sweep, tmp_path / "s", lambda p: p["epoch"] >= 4)
+    killed_at, _ = _kill_9_when(sweep, tmp_path / "s", lambda p: p["epoch"] >= 4)
     out = cli(sweep, tmp_path)
     log = out.stdout + out.stderr
     assert out.returncode == 0, log[-3000:]
