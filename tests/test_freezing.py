@@ -253,3 +253,67 @@ def test_norm_stats_is_a_key_of_every_strategy_and_names_the_variant():
     assert Paradigm.from_cfg(keep).name == "pretrain_finetune+full_keep"
     with pytest.raises(ConfigError, match="freeze.norm_stats='moving' is invalid"):
         strategies.from_config(compose([*FAST, "freeze.norm_stats=moving"]).freeze)
+
+
+STATS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+@pytest.mark.parametrize(
+    "freeze, epochs, trained, stats_move",
+    [
+        # (overrides, target epochs, blocks (1-based) whose weights train, whose statistics move)
+        (["freeze=surgical", "freeze.block=3", "freeze.norm_stats=frozen"], 2, {3}, {3}),
+        # gradual: the head, then block 5, then blocks 4-5: every phase of the stage
+        (
+            [
+                "freeze=gradual",
+                "freeze.unfreeze_every=1",
+                "freeze.n_blocks=2",
+                "freeze.norm_stats=frozen",
+            ],
+            3,
+            {4, 5},
+            {4, 5},
+        ),  # fmt: skip
+        # adapt: every BatchNorm re-estimates, weights as the strategy says
+        (["freeze=surgical", "freeze.block=3", "freeze.norm_stats=adapt"], 2, {3}, {1, 2, 3, 4, 5}),
+        # keep: no statistics move, even where weights train
+        (["freeze=last_blocks", "freeze.n_blocks=2", "freeze.norm_stats=keep"], 2, {4, 5}, set()),
+    ],
+    ids=["surgical", "gradual-all-phases", "surgical-adapt", "last_blocks-keep"],
+)
+def test_the_stage_runner_keeps_what_a_strategy_freezes_exact(tmp_path, freeze, epochs, trained,
+                                                               stats_move):  # fmt: skip
+    """Through the entrypoint (the stage runner decides the BatchNorm modes, phase by phase):
+    the logged checkpoint against the weights the run started from, tensor by tensor."""
+    from safetensors.torch import load_file, save_file
+
+    from conftest import runs
+    from transfersweep import train
+
+    torch.manual_seed(0)
+    start = timm.create_model("test_resnet", num_classes=5)
+    save_file(start.state_dict(), str(tmp_path / "start.safetensors"))
+    before = start.state_dict()
+    train.run(compose([*FAST, "regime=target_only", f"trainer.target_epochs={epochs}",
+                       "optimizer.lr=0.01", f"backbone.weights={tmp_path}/start.safetensors",
+                       *freeze], tmp_path))  # fmt: skip
+    client, (run,) = runs(tmp_path)
+    after = load_file(client.download_artifacts(run.info.run_id, "checkpoint/model.safetensors",
+                                                str(tmp_path)))  # fmt: skip
+    heads = classifier_prefixes(start)
+    module_block = {n.rsplit(".", 1)[0]: i + 1 for i, b in enumerate(freezing.blocks(start))
+                    for n in b}  # fmt: skip
+    moved: dict[str, set[int]] = {"weights": set(), "stats": set()}
+    for k, v in before.items():
+        if not k.startswith(heads) and not torch.equal(v, after[k]):
+            moved["stats" if k.endswith(STATS) else "weights"].add(
+                module_block[k.rsplit(".", 1)[0]]
+            )
+    # exact where the strategy freezes; what trains did move (gradual: the stage ends on its
+    # best epoch, which may come before block 4's phase)
+    if "freeze=gradual" in freeze:
+        assert moved["weights"] <= trained and 5 in moved["weights"], moved
+        assert moved["stats"] <= stats_move and 5 in moved["stats"], moved
+    else:
+        assert moved == {"weights": trained, "stats": stats_move}, moved
