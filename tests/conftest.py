@@ -77,6 +77,27 @@ def runs(outputs: Path, experiment: str = "transfersweep"):
     return client, client.search_runs([exp.experiment_id], max_results=1000)
 
 
+def sweep_parent(found: list):
+    """The one sweep parent run among `found` (runs()[1])."""
+    (parent,) = [r for r in found if r.data.tags.get("transfersweep.role") == "sweep"]
+    return parent
+
+
+def child_runs(found: list, parent, confirm: bool = False) -> list:
+    """The parent's trial runs (or, confirm=True, its confirmation runs)."""
+    return [
+        r
+        for r in found
+        if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+        and (r.data.tags.get("confirm") == "true") == confirm
+    ]
+
+
+def history(client, run, key: str) -> list[tuple[int, float]]:
+    """A metric's (step, value) pairs of `run`, by step."""
+    return sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
+
+
 @pytest.fixture
 def outputs(tmp_path: Path) -> Path:
     out = tmp_path / "outputs"

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import FAST, cli, compose, runs
+from conftest import FAST, cli, compose, runs, sweep_parent
 
 STUDY = "champ"
 
@@ -28,7 +28,7 @@ def swept(tmp_path_factory):
     )  # fmt: skip
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     client, found = runs(out)
-    (parent,) = [r for r in found if r.data.tags.get("transfersweep.role") == "sweep"]
+    parent = sweep_parent(found)
     return out, client, parent, res
 
 

@@ -8,15 +8,12 @@ import sys
 
 import pytest
 
-from conftest import FAST, compose, runs
+from conftest import FAST, compose, history, runs
 from transfersweep import train
 
 
 def _history(client, run, key):
-    return [
-        m.value
-        for m in sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)
-    ]
+    return [v for _, v in history(client, run, key)]
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from conftest import FAST, cli, runs
+from conftest import FAST, cli, runs, sweep_parent
 
 SWEEP = ["-m", "sweep=paradigm", *FAST, "search.strategies=[last_layer,full]",
          "hydra.sweeper.n_trials=2", "hydra.sweeper.confirm.top_k=0"]  # fmt: skip
@@ -28,7 +28,7 @@ def test_a_target_folder_alone_sweeps_without_the_source_regimes(outputs, image_
     study = _study(outputs, "birds-test_resnet")  # named after the folder and the backbone
     assert {t.params.get("regime", "target_only") for t in study.trials} == {"target_only"}
     client, found = runs(outputs)
-    (parent,) = [r for r in found if r.data.tags.get("transfersweep.role") == "sweep"]
+    parent = sweep_parent(found)
     assert note in parent.data.tags["verdict"]
     assert client.get_model_version_by_alias("birds-test_resnet", "champion")
 

@@ -10,7 +10,7 @@ import time
 import optuna
 import pytest
 
-from conftest import FAST, runs, start_cli
+from conftest import FAST, runs, start_cli, sweep_parent
 
 pytestmark = pytest.mark.slow  # signals and kill -9 of real sweep processes
 
@@ -72,7 +72,7 @@ def test_sigterm_during_a_sweep_fails_the_trial_and_keeps_finished_ones(tmp_path
     assert t.state == optuna.trial.TrialState.FAIL and "SIGTERM" in t.user_attrs["error"]
     _, found = runs(tmp_path)
     assert not any(r.info.status == "RUNNING" for r in found)
-    parent = next(r for r in found if r.data.tags.get("transfersweep.role") == "sweep")
+    parent = sweep_parent(found)
     child = next(r for r in found if r.data.tags.get("trial") == "0")
     assert child.info.status == "KILLED" and parent.info.status == "KILLED"
     assert "SIGTERM" in parent.data.tags["interrupted"]

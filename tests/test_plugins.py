@@ -10,7 +10,7 @@ import re
 import optuna
 import pytest
 
-from conftest import FAST, ROOT, cli, runs
+from conftest import FAST, ROOT, cli, runs, sweep_parent
 
 
 def doc_example(path: str) -> str:
@@ -86,7 +86,7 @@ def test_own_strategy_and_regime_in_sweeps(plugin, outputs):
     assert {(r.data.tags["regime"], r.data.tags["freeze"]) for r in children} == {
         (g, f) for g in ("target_only", "mine") for f in ("last_layer", "head_first")
     }
-    parent = next(r for r in found if r.data.tags.get("transfersweep.role") == "sweep")
+    parent = sweep_parent(found)
     table = open(
         client.download_artifacts(parent.info.run_id, "summary/paradigm_table.md", str(outputs))
     ).read()

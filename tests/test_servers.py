@@ -13,7 +13,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from conftest import FAST
+from conftest import FAST, sweep_parent
 from servers import PASSWORD, free_port, mlflow_server, postgres
 
 pytestmark = pytest.mark.slow  # real PostgreSQL and MLflow servers, many worker processes
@@ -132,7 +132,7 @@ def test_four_workers_share_one_postgres_study_and_mlflow_server(pg, tmp_path):
         client = MlflowClient(tracking_uri=url)
         exp = client.get_experiment_by_name("transfersweep")
         found = client.search_runs([exp.experiment_id], max_results=1000)
-        (parent,) = [r for r in found if r.data.tags.get("transfersweep.role") == "sweep"]
+        parent = sweep_parent(found)
         children = [r for r in found if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
         assert sorted(int(c.data.tags["trial"]) for c in children) == list(range(n))
         assert all(r.info.status == "FINISHED" for r in found)  # the last worker ended the parent

@@ -7,7 +7,7 @@ import os
 import optuna
 import pytest
 
-from conftest import cli, runs
+from conftest import child_runs, cli, runs, sweep_parent
 
 FAST_SWEEP = [
     "backbone=tiny",
@@ -21,16 +21,6 @@ FAST_SWEEP = [
 
 def _study(out, name):
     return optuna.load_study(study_name=name, storage=f"sqlite:///{out / 'optuna.db'}")
-
-
-def _children(found, parent_id, confirm=False):
-    """The parent's trial runs (or, confirm=True, its confirmation runs)."""
-    return [
-        r
-        for r in found
-        if r.data.tags.get("mlflow.parentRunId") == parent_id
-        and (r.data.tags.get("confirm") == "true") == confirm
-    ]
 
 
 @pytest.fixture(scope="module")
@@ -81,12 +71,10 @@ def test_study_holds_the_trials_with_paradigm_params(sweep):
 def test_mlflow_parent_with_nested_tagged_children_and_summary(sweep):
     out, _, _ = sweep
     client, found = runs(out)
-    parents = [r for r in found if r.data.tags.get("transfersweep.role") == "sweep"]
-    assert len(parents) == 1
-    parent = parents[0]
+    parent = sweep_parent(found)
     assert parent.info.status == "FINISHED" and parent.data.tags["study"] == "t"
     assert "regime" in parent.data.params["search_space"]
-    children = _children(found, parent.info.run_id)
+    children = child_runs(found, parent)
     assert len(children) == 5 and all(c.info.status == "FINISHED" for c in children)
     study = _study(out, "t")
     by_trial = {int(c.data.tags["trial"]): c for c in children}
@@ -111,7 +99,7 @@ def test_mlflow_parent_with_nested_tagged_children_and_summary(sweep):
     } <= summary
     assert parent.data.metrics["search_best_val_acc"] == pytest.approx(study.best_value)
     # the winner of the confirmation runs: one of them, and the best of them
-    confirms = _children(found, parent.info.run_id, confirm=True)
+    confirms = child_runs(found, parent, confirm=True)
     top = max(confirms, key=lambda c: c.data.metrics["val_acc"])
     assert parent.data.metrics["best_val_acc"] == pytest.approx(top.data.metrics["val_acc"])
     assert parent.data.tags["best_run_id"] == top.info.run_id
@@ -138,7 +126,7 @@ def test_repeats_are_paired_draws_identical_across_trials(sweep):
 def test_confirmation_reruns_the_top_paradigms_on_fresh_repeats(sweep):
     out, res, _ = sweep
     client, found = runs(out)
-    (parent,) = [r for r in found if r.data.tags.get("transfersweep.role") == "sweep"]
+    parent = sweep_parent(found)
     study = _study(out, "t")
     best = {}  # best trial per paradigm cell, as the summary picks it
     for t in study.trials:
@@ -146,7 +134,7 @@ def test_confirmation_reruns_the_top_paradigms_on_fresh_repeats(sweep):
         if cell not in best or t.value > best[cell].value:
             best[cell] = t
     top = sorted(best.values(), key=lambda t: (-t.value, t.number))[:3]
-    confirms = _children(found, parent.info.run_id, confirm=True)
+    confirms = child_runs(found, parent, confirm=True)
     assert sorted(int(c.data.tags["confirms_trial"]) for c in confirms) == sorted(
         t.number for t in top
     )
@@ -180,7 +168,7 @@ def test_verdict_p_values_match_a_paired_t_test_on_the_logged_repeats(sweep):
 
     out, res, _ = sweep
     client, found = runs(out)
-    (parent,) = [r for r in found if r.data.tags.get("transfersweep.role") == "sweep"]
+    parent = sweep_parent(found)
     path = client.download_artifacts(parent.info.run_id, "summary/confirmation.csv", str(out))
     table = list(csv.DictReader(open(path)))  # the verdict is the confirmation runs'
     assert len(table) == 3
@@ -235,9 +223,8 @@ def test_same_study_name_resumes_and_adds_trials(sweep):
     study = _study(out, "t")
     assert len(study.trials) == 7 and len({t.number for t in study.trials}) == 7
     _, found = runs(out)
-    parents = [r for r in found if r.data.tags.get("transfersweep.role") == "sweep"]
-    assert len(parents) == 1  # the study's parent run is reopened, not duplicated
-    assert len(_children(found, parents[0].info.run_id)) == 7
+    parent = sweep_parent(found)  # the study's parent run is reopened, not duplicated
+    assert len(child_runs(found, parent)) == 7
 
 
 @pytest.mark.slow
@@ -322,7 +309,7 @@ def test_pruned_trial_is_pruned_in_optuna_and_tagged_in_mlflow(tmp_path):
     assert (
         "pruned at epoch 1" in child.data.tags["pruned_reason"] and "error" not in child.data.tags
     )
-    parent = next(r for r in found if r.data.tags.get("transfersweep.role") == "sweep")
+    parent = sweep_parent(found)
     assert parent.data.metrics["n_pruned"] == 1 and parent.data.metrics["n_complete"] == 1
     assert "PRUNED pruned at epoch 1" in res.stdout + res.stderr
 
@@ -346,8 +333,8 @@ def test_parallel_trials_with_the_joblib_launcher(tmp_path):
     assert sorted(t.number for t in study.trials) == [0, 1, 2, 3]
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
     _, found = runs(tmp_path)
-    parent = next(r for r in found if r.data.tags.get("transfersweep.role") == "sweep")
-    children = _children(found, parent.info.run_id)
+    parent = sweep_parent(found)
+    children = child_runs(found, parent)
     assert sorted(int(c.data.tags["trial"]) for c in children) == [0, 1, 2, 3]
     assert {c.data.tags["threads"] for c in children} == {str(max(1, (os.cpu_count() or 1) // 2))}
 
@@ -389,7 +376,7 @@ def test_pareto_sweep_is_two_objective_with_its_front_on_the_parent(tmp_path):
     for t in study.trials:  # the objectives: val accuracy and the target stages' seconds
         assert t.values == pytest.approx([t.user_attrs["val_acc"], t.user_attrs["target_seconds"]])
     client, found = runs(tmp_path)
-    (parent,) = [r for r in found if r.data.tags.get("transfersweep.role") == "sweep"]
+    parent = sweep_parent(found)
     import csv
 
     path = client.download_artifacts(parent.info.run_id, "summary/pareto_front.csv", str(tmp_path))
@@ -459,7 +446,7 @@ def test_paradigm_sweep_searches_every_strategy_with_its_own_keys(tmp_path):
     assert len(seen & set(own)) >= 2, seen  # strategies with keys of their own were sampled
     # ood_acc (data.target.ood) in the paradigm table and both CSVs
     client, found = runs(tmp_path)
-    (parent,) = [r for r in found if r.data.tags.get("transfersweep.role") == "sweep"]
+    parent = sweep_parent(found)
     import csv
 
     for name in ("paradigm_table.csv", "trials.csv"):
