@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, cli
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "bench" / "README.md"]
 LINK = re.compile(r"\]\(([^)\s]+)\)")
@@ -43,10 +43,7 @@ def test_help_is_the_purpose_examples_and_groups_not_a_config_dump(tmp_path):
     import subprocess
     import sys
 
-    out = subprocess.run(
-        [sys.executable, "-m", "transfersweep.train", "--help"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    out = cli(["--help"], cwd=tmp_path, timeout=120)
     assert out.returncode == 0, out.stderr
     text = out.stdout
     assert text.startswith("transfersweep: find the best way")
@@ -54,7 +51,7 @@ def test_help_is_the_purpose_examples_and_groups_not_a_config_dump(tmp_path):
     assert "backbone: " in text and "lite0" in text  # the groups and their options
     assert "name: resnet18" not in text and len(text.splitlines()) < 40  # no config dump
 
-    predict = subprocess.run(
+    predict = subprocess.run(  # the other console script
         [sys.executable, "-m", "transfersweep.predict", "--help"],
         cwd=tmp_path, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
