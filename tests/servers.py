@@ -10,6 +10,7 @@ where they fail instead.
 from __future__ import annotations
 
 import glob
+import json
 import os
 import shutil
 import socket
@@ -17,8 +18,11 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -122,17 +126,7 @@ def mlflow_server(
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
-            except OSError:
-                if proc.poll() is not None or time.time() > deadline:
-                    out = proc.stdout.read() if proc.poll() is not None else ""
-                    raise RuntimeError(f"MLflow server did not start:\n{out[-3000:]}") from None
-                time.sleep(0.5)
-        _wait_healthy(url, deadline)
+        _wait_healthy(url, proc)
         yield url, proc
     finally:
         proc.terminate()
@@ -142,16 +136,33 @@ def mlflow_server(
             proc.kill()
 
 
-def _wait_healthy(url: str, deadline: float) -> None:
-    import urllib.request
+def get_json(request: str | urllib.request.Request, timeout: float = 5) -> Any:
+    """One HTTP request to a test server, its JSON answer."""
+    with urllib.request.urlopen(request, timeout=timeout) as r:
+        return json.loads(r.read())
 
+
+def poll_http(fetch: Callable[[], Any], proc: subprocess.Popen | None = None,
+              within: float = 120, what: str = "the server") -> Any:  # fmt: skip
+    """`fetch()` again every 0.5 s while it raises OSError (not listening or not ready yet),
+    for at most `within` seconds, failing at once with its output if `proc` has exited."""
+    deadline = time.time() + within
     while True:
         try:
-            with urllib.request.urlopen(f"{url}/health", timeout=5) as r:
-                if r.status == 200:
-                    return
+            return fetch()
         except OSError:
-            pass
-        if time.time() > deadline:
-            raise RuntimeError(f"MLflow server at {url} never became healthy")
-        time.sleep(0.5)
+            if proc is not None and proc.poll() is not None:
+                out = proc.stdout.read() if proc.stdout else ""
+                raise AssertionError(f"{what} exited:\n{out[-3000:]}") from None
+            if time.time() > deadline:
+                raise AssertionError(f"{what} did not answer within {within:.0f} s") from None
+            time.sleep(0.5)
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen) -> None:
+    def healthy() -> None:
+        with urllib.request.urlopen(f"{url}/health", timeout=5) as r:
+            if r.status != 200:
+                raise OSError(f"/health answered {r.status}")
+
+    poll_http(healthy, proc, what=f"MLflow server at {url}")

@@ -2,29 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import socket
 import subprocess
-import time
 import urllib.request
 
 import optuna
 import pytest
 
 from conftest import ROOT
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _get(url: str):
-    with urllib.request.urlopen(url, timeout=5) as r:
-        return json.loads(r.read())
+from servers import free_port, get_json, poll_http
 
 
 @pytest.mark.slow
@@ -38,29 +25,23 @@ def test_make_dashboard_serves_the_study_with_its_pruned_curves(tmp_path):
         state = optuna.trial.TrialState.PRUNED if i == 0 else optuna.trial.TrialState.COMPLETE
         study.tell(trial, None if i == 0 else 0.1 * i, state=state)
     study.ask({"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)})  # running
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         ["make", "--no-print-directory", "dashboard", f"STORAGE={storage}", f"PORT={port}"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True,  # make and the server it starts stop together
     )  # fmt: skip
     try:
-        deadline, studies = time.time() + 120, None
-        while time.time() < deadline and studies is None:
-            try:
-                studies = _get(f"http://127.0.0.1:{port}/api/studies")
-            except OSError:
-                assert proc.poll() is None, proc.stdout.read()
-                time.sleep(0.5)
-        assert studies is not None, "the dashboard did not answer within 2 minutes"
+        studies = poll_http(lambda: get_json(f"http://127.0.0.1:{port}/api/studies"), proc,
+                            what="make dashboard")  # fmt: skip
         (live,) = [s for s in studies["study_summaries"] if s["study_name"] == "live"]
         url = f"http://127.0.0.1:{port}"
-        detail = _get(f"{url}/api/studies/{live['study_id']}")
+        detail = get_json(f"{url}/api/studies/{live['study_id']}")
         states = sorted(t["state"] for t in detail["trials"])
         assert states == ["Complete", "Complete", "Pruned", "Running"]
         pruned = next(t for t in detail["trials"] if t["state"] == "Pruned")
         assert [v["step"] for v in pruned["intermediate_values"]] == [0, 1, 2]
-        importances = _get(f"{url}/api/studies/{live['study_id']}/param_importances")
+        importances = get_json(f"{url}/api/studies/{live['study_id']}/param_importances")
         assert importances["param_importances"][0][0]["name"] == "lr"
         page = urllib.request.urlopen(f"http://127.0.0.1:{port}/dashboard/", timeout=5).read()
         assert b"<html" in page.lower()

@@ -14,7 +14,7 @@ import optuna
 import pytest
 
 from conftest import FAST, sweep_parent
-from servers import PASSWORD, free_port, mlflow_server, postgres
+from servers import PASSWORD, free_port, get_json, mlflow_server, poll_http, postgres
 
 pytestmark = pytest.mark.slow  # real PostgreSQL and MLflow servers, many worker processes
 
@@ -358,19 +358,11 @@ def test_make_ui_serves_the_local_store_and_asks_for_a_password_off_loopback(tmp
                             stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)  # fmt: skip
     api = f"http://127.0.0.1:{port}/api/2.0/mlflow"
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                req = urllib.request.Request(
-                    f"{api}/runs/search", data=json.dumps({"experiment_ids": ["1"]}).encode(),
-                    headers={"Content-Type": "application/json"},
-                )  # fmt: skip
-                runs = json.loads(urllib.request.urlopen(req, timeout=5).read())["runs"]
-                break
-            except OSError:
-                assert proc.poll() is None and time.time() < deadline, proc.stdout.read()
-                time.sleep(0.5)
-        (run,) = runs
+        req = urllib.request.Request(
+            f"{api}/runs/search", data=json.dumps({"experiment_ids": ["1"]}).encode(),
+            headers={"Content-Type": "application/json"},
+        )  # fmt: skip
+        (run,) = poll_http(lambda: get_json(req)["runs"], proc, what="make ui")
         run_id = run["info"]["run_id"]
         listed = json.loads(urllib.request.urlopen(
             f"{api}/artifacts/list?run_id={run_id}&path=checkpoint", timeout=5).read())  # fmt: skip
