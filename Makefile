@@ -120,6 +120,7 @@ format: install ## ruff fix + format
 	$(VENV)/bin/ruff check --fix src tests bench
 	$(VENV)/bin/ruff format src tests bench
 
-clean: ## remove outputs/ (runs, MLflow store, studies, pretrain cache) and caches; keeps .venv
-	rm -rf $(OUTPUTS)/runs $(OUTPUTS)/sweeps $(OUTPUTS)/mlflow.db $(OUTPUTS)/mlartifacts $(OUTPUTS)/optuna.db $(OUTPUTS)/optuna.db.lock $(OUTPUTS)/cache $(OUTPUTS)/resume $(OUTPUTS)/predictions.csv .pytest_cache .ruff_cache
+clean: ## remove everything under outputs/ (runs, MLflow stores, studies, caches, resume states) and tool caches; keeps .venv
+	find $(OUTPUTS) -mindepth 1 -maxdepth 1 ! -name .gitkeep -exec rm -rf {} +
+	rm -rf .pytest_cache .ruff_cache
 	find . -name __pycache__ -not -path './$(VENV)/*' -prune -exec rm -rf {} +

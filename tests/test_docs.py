@@ -56,3 +56,17 @@ def test_help_is_the_purpose_examples_and_groups_not_a_config_dump(tmp_path):
         cwd=tmp_path, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert predict.returncode == 0 and predict.stdout.startswith("usage: transfersweep-predict")
+
+
+def test_make_clean_removes_everything_under_outputs_but_the_placeholder(tmp_path):
+    import subprocess
+
+    out = tmp_path / "outputs"
+    for p in ("runs/2026-12-04/x/log", "sweeps/a/b", "mlflow.db", "optuna.db.lock",
+              "resume/k/state.json", "server/mlflow.db", "cache/k/model.safetensors", ".gitkeep"):  # fmt: skip
+        (out / p).parent.mkdir(parents=True, exist_ok=True)
+        (out / p).write_text("x")
+    res = subprocess.run(["make", "--no-print-directory", "clean", f"OUTPUTS={out}"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert [p.name for p in out.iterdir()] == [".gitkeep"]
