@@ -253,3 +253,11 @@ def test_ood_acc_is_scored_every_repeat_and_reported(outputs):
     assert [x["ood_acc"] for x in summary["repeats"]] == pytest.approx(
         [h.value for h in sorted(hist, key=lambda h: h.step)]
     )
+
+
+def test_tracking_run_name_names_the_run_and_the_paradigm_stays_a_tag(outputs):
+    train.run(compose([*FAST, "regime=target_only", "tracking.run_name=first-try"], outputs))
+    train.run(compose([*FAST, "regime=target_only"], outputs))
+    _, found = runs(outputs)
+    assert sorted(r.info.run_name for r in found) == ["first-try", "target_only+full"]
+    assert {r.data.tags["freeze"] for r in found} == {"full"}

@@ -50,8 +50,9 @@ def run(cfg: DictConfig) -> float:
     tags |= dict(cfg.tracking.tags)
     log.info("%s | %s on %s", paradigm, cfg.backbone.name, cfg.data.name)
     state = resume.open_run(cfg, link.study if link.active else None, link.number)
+    name = cfg.tracking.run_name or paradigm.name
     track = functools.partial(
-        tracking.start, cfg, paradigm.name, tags, state.run_id if state else None
+        tracking.start, cfg, name, tags, state.run_id if state else None
     )  # a resumed run continues its MLflow run
     with resume.kept_on_interrupt(state):
         with track() if link.active else nullcontext() as early:
