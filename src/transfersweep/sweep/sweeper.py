@@ -30,6 +30,7 @@ from transfersweep.errors import TransferSweepError
 from transfersweep.paradigm import Paradigm
 from transfersweep.strategies import Strategy
 from transfersweep.sweep import confirm, identity, outcome, sampling, summary
+from transfersweep.sweep import space as space_mod
 from transfersweep.sweep.confirm import ConfirmSettings
 from transfersweep.sweep.hydra_optuna import SearchSpace, StockOptunaSweeper
 from transfersweep.sweep.storage import check_reachable, storage_url
@@ -41,14 +42,6 @@ log = logging.getLogger("transfersweep.sweep")
 def _resolve(dotpath: str):
     module, _, name = dotpath.rpartition(".")
     return getattr(importlib.import_module(module), name)
-
-
-def _options(spec: str) -> list[str]:
-    """The values of a regime choice: choice(a, b), a,b or a."""
-    inner = spec.strip()
-    if inner.startswith("choice(") and inner.endswith(")"):
-        inner = inner[len("choice(") : -1]
-    return [v.strip() for v in inner.split(",") if v.strip()]
 
 
 @dataclass
@@ -106,7 +99,15 @@ class TransferSweeperImpl(StockOptunaSweeper):
         self.space_note: str | None = None  # why the space is narrower than configured
 
     def sweep(self, arguments: list[str]) -> None:
-        arguments = self._with_strategies(self._regimes_for_data(arguments))
+        try:
+            shaped = space_mod.shape(self.config, self.params, arguments, self.compose,
+                                     self.hydra_context.config_loader.get_group_options("freeze"))  # fmt: skip
+        except TransferSweepError as e:
+            log.error("error: %s", e)
+            sys.exit(2)
+        arguments, self.params, self.space_note = shaped.arguments, shaped.params, shaped.note
+        if self.space_note:
+            log.info("%s", self.space_note)
         space = self.search_space(arguments)
         self._check_settings()
         workers, parent = self._open(arguments, space)
@@ -184,64 +185,6 @@ class TransferSweeperImpl(StockOptunaSweeper):
             tracking.redact(str(storage)), parent.run_id,
         )  # fmt: skip
         return workers, parent
-
-    def _regimes_for_data(self, arguments: list[str]) -> list[str]:
-        """Without a source set (an image folder target alone), the regimes that need one
-        leave the search space, and the log and the verdict say so; none left is an error."""
-        from transfersweep.config import has_source, needs_source
-
-        if has_source(self.config.data):
-            return arguments
-        given = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in arguments if "=" in a}
-        spec = given.get("regime", (self.params or {}).get("regime", self.config.regime.name))
-        options = _options(str(spec))
-        plain = [  # the command line's fixed values (sweep=..., data...), as jobs get them
-            a for a in arguments
-            if "=" in a and not a.startswith("regime=") and not any(c in a for c in ",()")
-        ]  # fmt: skip
-        drop = [r for r in options if needs_source(self.compose([*plain, f"regime={r}"]).regime)]
-        keep = [r for r in options if r not in drop]
-        if not drop:
-            return arguments
-        if not keep:
-            log.error(
-                "error: regime %s needs a source set, but data.source.root is not set. Fix: "
-                "regime=target_only (your target images alone, from the backbone's weights), or "
-                "data.source.root=/path/to/a/larger/related/set", spec,
-            )  # fmt: skip
-            sys.exit(2)
-        self.space_note = (
-            f"Without a source set (data.source.root is not set) the search covered "
-            f"{', '.join(keep)} only: {', '.join(drop)} need one"
-        )
-        log.info("%s", self.space_note)
-        value = keep[0] if len(keep) == 1 else f"choice({','.join(keep)})"
-        if "regime" in given:
-            return [a for a in arguments if not a.startswith("regime=")] + [f"regime={value}"]
-        self.params = {**(self.params or {}), "regime": value}
-        return arguments
-
-    def _with_strategies(self, arguments: list[str]) -> list[str]:
-        """The command line plus the freeze dimension from search.strategies, unless
-        hydra.sweeper.params or the command line choose `freeze` themselves."""
-        given = {a.split("=", 1)[0].lstrip("+~") for a in arguments if "=" in a}
-        if "freeze" in given or "freeze" in (self.params or {}):
-            return arguments
-        from transfersweep.strategies import BUILT_IN
-
-        options = self.hydra_context.config_loader.get_group_options("freeze")
-        catalogue = [n for n in BUILT_IN if n in options] + sorted(set(options) - set(BUILT_IN))
-        wanted = list(self.config.search.strategies)
-        unknown = [n for n in wanted if n not in options and n != "all"]
-        if unknown or not wanted or ("all" in wanted and len(wanted) > 1):
-            log.error(
-                "error: search.strategies=%s: %s. Give [all] or names from conf/freeze: [%s]",
-                wanted, f"{unknown[0]!r} is not a freeze option" if unknown else "invalid",
-                ",".join(catalogue),
-            )  # fmt: skip
-            sys.exit(2)
-        names = catalogue if wanted == ["all"] else wanted
-        return [*arguments, f"freeze=choice({','.join(names)})"]
 
     def _check_settings(self) -> None:
         directions, objectives = self.directions(), self.objectives

@@ -1,0 +1,106 @@
+"""The search space a sweep runs, shaped from what it was given and what the data allows.
+
+Two adjustments before Optuna sees the space (the rest is the stock sweeper's parsing):
+
+- **regimes that need a source set** leave the `regime` choice when the data has none (an
+  image-folder target alone), with a note for the log and the verdict; none left is an error;
+- **the freeze dimension** comes from `search.strategies` (`[all]`: every strategy in
+  conf/freeze, the built-in ones first), unless the command line or hydra.sweeper.params
+  choose `freeze` themselves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from transfersweep.errors import ConfigError
+
+
+@dataclass
+class Shaped:
+    arguments: list[str]  # the command line's overrides, as the stock sweeper will parse them
+    params: dict[str, Any]  # hydra.sweeper.params, possibly with a narrowed regime choice
+    note: str | None = None  # why the space is narrower than configured (log, verdict)
+
+
+def shape(
+    config: Any,
+    params: dict[str, Any] | None,
+    arguments: list[str],
+    compose: Callable[[list[str]], Any],
+    freeze_options: list[str],
+) -> Shaped:
+    """The sweep's arguments and params, with both adjustments (module doc)."""
+    shaped = regimes_for_data(config, dict(params or {}), arguments, compose)
+    shaped.arguments = with_strategies(config, shaped.params, shaped.arguments, freeze_options)
+    return shaped
+
+
+def options(spec: str) -> list[str]:
+    """The values of a regime choice: choice(a, b), a,b or a."""
+    inner = spec.strip()
+    if inner.startswith("choice(") and inner.endswith(")"):
+        inner = inner[len("choice(") : -1]
+    return [v.strip() for v in inner.split(",") if v.strip()]
+
+
+def regimes_for_data(
+    config: Any, params: dict[str, Any], arguments: list[str], compose: Callable
+) -> Shaped:
+    """Without a source set, the regimes that need one leave the search space."""
+    from transfersweep.config import has_source, needs_source
+
+    if has_source(config.data):
+        return Shaped(arguments, params)
+    given = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in arguments if "=" in a}
+    spec = given.get("regime", params.get("regime", config.regime.name))
+    plain = [  # the command line's fixed values (sweep=..., data...), as jobs get them
+        a for a in arguments
+        if "=" in a and not a.startswith("regime=") and not any(c in a for c in ",()")
+    ]  # fmt: skip
+    wanted = options(str(spec))
+    drop = [r for r in wanted if needs_source(compose([*plain, f"regime={r}"]).regime)]
+    keep = [r for r in wanted if r not in drop]
+    if not drop:
+        return Shaped(arguments, params)
+    if not keep:
+        raise ConfigError(
+            f"regime {spec} needs a source set, but data.source.root is not set. Fix: "
+            "regime=target_only (your target images alone, from the backbone's weights), or "
+            "data.source.root=/path/to/a/larger/related/set"
+        )
+    note = (
+        f"Without a source set (data.source.root is not set) the search covered "
+        f"{', '.join(keep)} only: {', '.join(drop)} need one"
+    )
+    value = keep[0] if len(keep) == 1 else f"choice({','.join(keep)})"
+    if "regime" in given:
+        rest = [a for a in arguments if not a.startswith("regime=")]
+        return Shaped([*rest, f"regime={value}"], params, note)
+    return Shaped(arguments, {**params, "regime": value}, note)
+
+
+def with_strategies(
+    config: Any, params: dict[str, Any], arguments: list[str], freeze_options: list[str]
+) -> list[str]:
+    """The command line plus the freeze dimension from search.strategies."""
+    given = {a.split("=", 1)[0].lstrip("+~") for a in arguments if "=" in a}
+    if "freeze" in given or "freeze" in params:
+        return arguments
+    from transfersweep.strategies import BUILT_IN
+
+    catalogue = [n for n in BUILT_IN if n in freeze_options] + sorted(
+        set(freeze_options) - set(BUILT_IN)
+    )
+    wanted = list(config.search.strategies)
+    unknown = [n for n in wanted if n not in freeze_options and n != "all"]
+    if unknown or not wanted or ("all" in wanted and len(wanted) > 1):
+        raise ConfigError(
+            f"search.strategies={wanted}: "
+            f"{f'{unknown[0]!r} is not a freeze option' if unknown else 'invalid'}. "
+            f"Give [all] or names from conf/freeze: [{','.join(catalogue)}]"
+        )
+    names = catalogue if wanted == ["all"] else wanted
+    return [*arguments, f"freeze=choice({','.join(names)})"]
