@@ -56,7 +56,7 @@ def test_wheel_runs_from_any_directory(installed, tmp_path):
     assert str(ROOT) not in where[0] and "site-packages" in where[0]
     assert where[1] == "True"  # the configs ship inside the package
     helped = _run([str(installed / "transfersweep"), "--help"], cwd=tmp_path).stdout
-    assert "== Configuration groups ==" in helped  # listed from the packaged conf/
+    assert "== Configuration groups (group=option) ==" in helped  # from the packaged conf/
     assert (
         "freeze: bitfit, full, gradual, last_blocks, last_layer, lora, lp_ft, norm, surgical"
         in helped
