@@ -103,7 +103,7 @@ server: install ## MLflow tracking server for many workers: BACKEND=postgresql:/
 	$(PY) -m transfersweep.server --backend "$(BACKEND)" --artifacts "$(ARTIFACTS)" --host "$(HOST)" --port "$(PORT)" \
 		--auth "$(AUTH)" $(if $(AUTH_CONFIG),--auth-config "$(AUTH_CONFIG)")
 
-test: install check-venv ## the full test suite (CPU, 16-23 minutes; what CI runs)
+test: install check-venv ## the full test suite (CPU, 14-23 minutes; what CI runs)
 	$(PY) -m pytest -q
 
 test-fast: install check-venv ## every module, without the slow tests (about 5 minutes): while iterating
