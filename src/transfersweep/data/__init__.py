@@ -12,12 +12,12 @@ from dataclasses import dataclass, replace
 from omegaconf import DictConfig
 
 from transfersweep.config import OOD_SETS, StageData
-from transfersweep.data import augment, sources, splits
-from transfersweep.data.augment import TrainAugment
+from transfersweep.data import augment, shifts, sources, splits
 from transfersweep.data.batches import Batches, Preprocess
-from transfersweep.data.images import ImageSet, concat
+from transfersweep.data.images import ImageSet, TensorImages, concat
 from transfersweep.data.model_input import ModelInput
 from transfersweep.data.splits import Splits
+from transfersweep.errors import DataError
 
 __all__ = ["Batches", "ModelInput", "Preprocess", "Splits", "TransferData", "build"]
 
@@ -26,7 +26,9 @@ __all__ = ["Batches", "ModelInput", "Preprocess", "Splits", "TransferData", "bui
 class TransferData:
     target: Splits
     source: Splits | None  # None when no stage needs it (target_only)
-    augment: TrainAugment | None = None  # data.augment: timm's train transform on train batches
+    augment: augment.TrainAugment | None = (
+        None  # data.augment: timm's train transform on train batches
+    )
 
     def num_classes(self, data: StageData) -> int:
         if data == StageData.target:
@@ -93,7 +95,12 @@ def build(cfg: DictConfig, need_source: bool, mi: ModelInput | None = None) -> T
         ds = d[name]
         pool = sources.load(ds, name, mi, d.memory_budget_mb, d.num_workers)
         if ds.shift:
-            pool.parts = {k: _shifted(v, ds, f"data.{name}", d) for k, v in pool.parts.items()}
+            setting = f"data.{name}.shift={ds.shift}"
+            pool.parts = {
+                k: _shifted(v, ds.shift, ds.shift_severity, d.split_seed, setting,
+                            f"data.{name}", "shift the files themselves")
+                for k, v in pool.parts.items()
+            }  # fmt: skip
         return splits.split(pool, d.val_fraction, d.test_fraction, d.split_seed, ds.k_shot, name)
 
     target = side("target")
@@ -116,20 +123,10 @@ def _ood(d: DictConfig, target: Splits, mi: ModelInput) -> ImageSet | None:
             sources.load(DictConfig(ds), f"target.ood={t.ood}", mi, d.memory_budget_mb, 0)
         )
     if t.ood:
-        from transfersweep.data import shifts
-        from transfersweep.data.images import TensorImages
-        from transfersweep.errors import DataError
-
-        test = target.test
-        if not isinstance(test, TensorImages):
-            raise DataError(
-                f"data.target.ood={t.ood} shifts images in memory, but the target test split is "
-                "read from disk (over data.memory_budget_mb): raise the budget, or give "
-                "data.target.ood_root=<folder of shifted images>"
-            )
-        return TensorImages(
-            shifts.apply(test.images, t.ood, t.ood_severity, seed=d.split_seed), test.labels
-        )
+        return _shifted(
+            target.test, t.ood, t.ood_severity, d.split_seed, f"data.target.ood={t.ood}",
+            "the target test split", "give data.target.ood_root=<folder of shifted images>",
+        )  # fmt: skip
     if t.ood_root:
         ds = {"kind": "imagefolder", "root": t.ood_root, "classes": list(target.classes)}
         pool = sources.load(
@@ -139,20 +136,17 @@ def _ood(d: DictConfig, target: Splits, mi: ModelInput) -> ImageSet | None:
     return None
 
 
-def _shifted(part: ImageSet, ds: DictConfig, key: str, d: DictConfig) -> ImageSet:
-    """A side's images under its input-level shift (data.<side>.shift), once, in memory."""
-    from transfersweep.data import shifts
-    from transfersweep.data.images import TensorImages
-    from transfersweep.errors import DataError
-
+def _shifted(
+    part: ImageSet, shift: str, severity: float, seed: int, setting: str, where: str, fix: str
+) -> ImageSet:
+    """`part`'s images under an input-level shift (data.shifts), once, in memory: for
+    data.<side>.shift (every split of a side) and data.target.ood (a copy of the test split)."""
     if not isinstance(part, TensorImages):
         raise DataError(
-            f"{key}.shift={ds.shift} shifts images in memory, but {key} is read from disk "
-            "(over data.memory_budget_mb): raise the budget, or shift the files themselves"
+            f"{setting} shifts images in memory, but {where} is read from disk (over "
+            f"data.memory_budget_mb): raise the budget, or {fix}"
         )
-    return TensorImages(
-        shifts.apply(part.images, ds.shift, ds.shift_severity, seed=d.split_seed), part.labels
-    )
+    return TensorImages(shifts.apply(part.images, shift, severity, seed=seed), part.labels)
 
 
 def _whole(pool: sources.Pool) -> ImageSet:
