@@ -202,6 +202,23 @@ def test_a_side_shift_changes_every_split_of_that_side_only():
     assert torch.equal(other_draw.images, 255 - plain.drawn(2).target.train.images)
 
 
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("data.target.shift=invert", "data.target.shift=invert shifts images in memory, but "
+         "data.target is read from disk"),
+        ("data.target.ood=invert", "data.target.ood=invert shifts images in memory, but the "
+         "target test split is read from disk"),
+    ],
+)  # fmt: skip
+def test_a_shift_of_images_read_from_disk_says_how_to_fix_it(image_folder, override, message):
+    root = image_folder("disk", {"a": 5, "b": 5})
+    cfg = compose(["data=imagefolder", "data.image_size=16", f"data.target.root={root}",
+                   "data.memory_budget_mb=0", "data.num_workers=0", override])  # fmt: skip
+    with pytest.raises(DataError, match=re.escape(message) + ".*raise the budget, or "):
+        data_mod.build(cfg, need_source=False)
+
+
 def test_ood_root_is_scored_in_the_targets_classes(image_folder):
     target = image_folder("t", {"a": 6, "b": 6})
     shifted = image_folder("o", {"b": 3, "a": 2, "extra": 1}, seed=3)
