@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from transfersweep.data.model_input import through_pil
+
 if TYPE_CHECKING:
     from omegaconf import DictConfig
 
@@ -58,15 +60,8 @@ class TrainAugment:
         self.transform = transforms.Compose([*primary.transforms, *secondary.transforms])
 
     def __call__(self, x: torch.Tensor, seed: int) -> torch.Tensor:
-        from PIL import Image
-
-        out = torch.empty_like(x)
-        hwc = x.permute(0, 2, 3, 1).numpy()
         with _seeded(seed):
-            for i in range(len(x)):
-                img = self.transform(Image.fromarray(hwc[i]))
-                out[i] = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
-        return out
+            return through_pil(x, self.transform, x.shape[-1])
 
     def __repr__(self) -> str:
         return f"TrainAugment({self.transform})"

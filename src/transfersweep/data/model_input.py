@@ -86,23 +86,33 @@ class ModelInput:
 
     def pil(self, image: Image.Image) -> torch.Tensor:
         """One PIL image -> uint8 (3, size, size), through timm's resize + centre crop."""
-        import torch
-
-        out = _geometry(self)(image.convert("RGB"))
-        return torch.from_numpy(np.asarray(out, dtype=np.uint8).copy()).permute(2, 0, 1)
+        return chw(_geometry(self)(image.convert("RGB")))
 
     def arrays(self, x: torch.Tensor) -> torch.Tensor:
-        """uint8 (N, 3, H, W) -> uint8 (N, 3, size, size), image by image through `pil`."""
-        import torch
-        from PIL import Image
-
+        """uint8 (N, 3, H, W) -> uint8 (N, 3, size, size), image by image as `pil` does."""
         if x.shape[-2:] == (self.size, self.size) and self.crop_pct == 1.0:
             return x.contiguous()  # the transform would be the identity
-        out = torch.empty((len(x), 3, self.size, self.size), dtype=torch.uint8)
-        hwc = x.permute(0, 2, 3, 1).numpy()
-        for i in range(len(x)):
-            out[i] = self.pil(Image.fromarray(hwc[i]))
-        return out
+        return through_pil(x, _geometry(self), self.size)
+
+
+def chw(image: Image.Image) -> torch.Tensor:
+    """An RGB PIL image -> uint8 (3, H, W)."""
+    import torch
+
+    return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
+def through_pil(x: torch.Tensor, transform: Any, size: int) -> torch.Tensor:
+    """uint8 (N, 3, H, W) -> uint8 (N, 3, size, size): each image through a PIL `transform`
+    (timm's eval geometry here, its train transform in data.augment)."""
+    import torch
+    from PIL import Image
+
+    out = torch.empty((len(x), 3, size, size), dtype=torch.uint8)
+    hwc = x.permute(0, 2, 3, 1).numpy()
+    for i in range(len(x)):
+        out[i] = chw(transform(Image.fromarray(hwc[i])))
+    return out
 
 
 @functools.lru_cache(maxsize=8)
