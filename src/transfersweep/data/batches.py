@@ -80,20 +80,22 @@ class Batches:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         batches = self.index_batches()
         if self.augment is None:
-            yield from self._gather(batches)
+            yield from self._gather(batches, self.pin_memory)
             return
         seeds = torch.randint(0, 2**31 - 1, (len(batches),), generator=self.gen).tolist()
-        for (x, y), seed in zip(self._gather(batches), seeds, strict=True):
-            x = self.augment(x, seed)
-            yield (x.pin_memory(), y) if self.pin_memory else (x, y)
+        for (x, y), seed in zip(self._gather(batches, pin=False), seeds, strict=True):
+            x = self.augment(x, seed)  # a new tensor: pinned once, after the transform
+            yield (x.pin_memory(), y.pin_memory()) if self.pin_memory else (x, y)
 
-    def _gather(self, batches: list[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _gather(
+        self, batches: list[torch.Tensor], pin: bool
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if isinstance(self.images, FileImages):
             loader = torch.utils.data.DataLoader(
                 self.images,
                 batch_sampler=[b.tolist() for b in batches],
                 num_workers=self.num_workers,
-                pin_memory=self.pin_memory,
+                pin_memory=pin,
                 persistent_workers=False,
             )
             for b, x in zip(batches, loader, strict=True):
@@ -101,7 +103,7 @@ class Batches:
             return
         for b in batches:
             x, y = self.images.batch(b), self.images.labels[b]
-            if self.pin_memory:
+            if pin:
                 x, y = x.pin_memory(), y.pin_memory()
             yield x, y
 
