@@ -175,6 +175,17 @@ def make_optimizer(
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
+def _diverged(epoch: int, lr: float, stage_lr: float, o: DictConfig, runtime: Runtime):
+    """The error for a non-finite loss, naming the key that set the stage's rate."""
+    source = stage_lr == o.source_lr and stage_lr != o.lr  # a source stage's own rate
+    key, value = ("optimizer.source_lr", o.source_lr) if source else ("optimizer.lr", o.lr)
+    hint = " or use trainer.precision=fp32" if runtime.amp_dtype is not None else ""
+    return TrainingError(
+        f"non-finite loss at epoch {epoch} (learning rate {lr:.3g} there): lower {key} "
+        f"(now {value:g}){hint}"
+    )
+
+
 def fit(
     model: torch.nn.Module,
     train: Batches,
@@ -200,10 +211,7 @@ def fit(
     BatchNorm in training mode instead, frozen ones included, so only its running statistics
     move where its weights are frozen. A `checkpoint` (transfersweep.resume.FitCheckpoint)
     puts a saved epoch back before the loop and saves every epoch the loop completes."""
-    lr = cfg.optimizer.lr if lr is None else lr
-    o = cfg.optimizer  # which key set this stage's rate, for the error that asks to lower it
-    lr_key = "optimizer.source_lr" if lr == o.source_lr and lr != o.lr else "optimizer.lr"
-    lr_set = o.source_lr if lr_key == "optimizer.source_lr" else o.lr
+    lr = stage_lr = cfg.optimizer.lr if lr is None else lr
     steps = epochs * len(train)
     opt, sched = make_optimizer(
         model, cfg.optimizer, lr, steps, cfg.optimizer.warmup_epochs * len(train), lr_scales
@@ -240,11 +248,7 @@ def fit(
             seen += len(y)
         train_loss = loss_sum.item() / max(seen, 1)
         if not math.isfinite(train_loss):
-            hint = " or use trainer.precision=fp32" if runtime.amp_dtype is not None else ""
-            raise TrainingError(
-                f"non-finite loss at epoch {epoch} (learning rate {lr:.3g} there): lower "
-                f"{lr_key} (now {lr_set:g}){hint}"
-            )
+            raise _diverged(epoch, lr, stage_lr, cfg.optimizer, runtime)
         train_seconds = time.perf_counter() - t0
         val_loss, val_acc = evaluate(model, val, prep, runtime, eval_classes)
         stats = EpochStats(
