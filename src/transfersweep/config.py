@@ -287,18 +287,21 @@ def _check(ok: bool, key: str, value: Any, fix: str) -> None:
 AUTO_AUGMENT = ("rand", "augmix", "original", "originalr", "v0", "v0r", "3a")  # timm's policies
 
 
+def _is_range(pair: Any, top: float) -> bool:
+    """[min, max] with 0 < min <= max <= top."""
+    return len(pair) == 2 and 0.0 < pair[0] <= pair[1] <= top
+
+
 def _check_aug(a: DictConfig) -> None:
     """data.aug, checked before anything runs (timm would fail only when the data is built)."""
-    lo, hi = (list(a.scale) + [None, None])[:2]
     _check(
-        len(a.scale) == 2 and 0.0 < lo <= hi <= 1.0,
+        _is_range(a.scale, top=1.0),
         "data.aug.scale",
         list(a.scale),
         "give [min, max] shares of the image area, 0 < min <= max <= 1 (timm: [0.08, 1.0])",
     )
-    lo, hi = (list(a.ratio) + [None, None])[:2]
     _check(
-        len(a.ratio) == 2 and 0.0 < lo <= hi,
+        _is_range(a.ratio, top=float("inf")),
         "data.aug.ratio",
         list(a.ratio),
         "give [min, max] aspect ratios, 0 < min <= max (timm: [0.75, 1.333])",
