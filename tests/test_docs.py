@@ -13,17 +13,21 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "bench
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 
 
+def prose(path) -> str:
+    """A markdown file without its code blocks (their `#` lines and brackets are not markdown)."""
+    return re.sub(r"```.*?```", "", path.read_text(), flags=re.S)
+
+
 def anchors(path) -> set[str]:
     """GitHub's heading anchors: lower case, punctuation dropped, spaces to hyphens."""
-    text = re.sub(r"```.*?```", "", path.read_text(), flags=re.S)
-    heads = re.findall(r"^#{1,6} (.+)$", text, flags=re.M)
+    heads = re.findall(r"^#{1,6} (.+)$", prose(path), flags=re.M)
     return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in heads}
 
 
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_relative_link_and_anchor_resolves(doc):
     broken = []
-    for target in LINK.findall(re.sub(r"```.*?```", "", doc.read_text(), flags=re.S)):
+    for target in LINK.findall(prose(doc)):
         if re.match(r"[a-z]+:", target):
             continue  # http(s):, mailto: ...
         file, _, anchor = target.partition("#")

@@ -14,6 +14,7 @@ from transfersweep.config import StageData
 from transfersweep.errors import ConfigError
 
 MODELS = {"cnn": ["backbone=tiny"], "vit": ["backbone=tiny_vit"]}
+STATS = ("running_mean", "running_var", "num_batches_tracked")  # BatchNorm's statistics buffers
 
 
 def _train(
@@ -220,9 +221,7 @@ def test_norm_stats_adapt_moves_only_batchnorm_running_statistics(strategy):
     model, _, exact = _train("cnn", strategy, **params)
     _, _, adapted = _train("cnn", strategy, adapt=True, **params)
     names = {n for n, _ in model.named_parameters()}
-    stats = {
-        k for k in model.state_dict() if k.rsplit(".", 1)[-1].startswith(("running_", "num_b"))
-    }
+    stats = {k for k in model.state_dict() if k.endswith(STATS)}
     frozen_block = {n.rsplit(".", 1)[0] for n in freezing.blocks(model)[0]}
     moved = {k for k in adapted - exact if k.rsplit(".", 1)[0] in frozen_block}
     assert moved and moved <= stats, sorted(moved)  # the first (frozen) block's statistics moved
@@ -233,9 +232,7 @@ def test_norm_stats_adapt_moves_only_batchnorm_running_statistics(strategy):
 def test_norm_stats_keep_trains_full_weights_but_no_statistics():
     """freeze.norm_stats=keep: every BatchNorm keeps its statistics, trained blocks included."""
     model, _, changed = _train("cnn", "full", keep=True)
-    stats = {
-        k for k in model.state_dict() if k.rsplit(".", 1)[-1].startswith(("running_", "num_b"))
-    }
+    stats = {k for k in model.state_dict() if k.endswith(STATS)}
     assert stats and not changed & stats
     assert {n for n, _ in model.named_parameters()} <= changed  # every weight trained
 
@@ -253,9 +250,6 @@ def test_norm_stats_is_a_key_of_every_strategy_and_names_the_variant():
     assert Paradigm.from_cfg(keep).name == "pretrain_finetune+full_keep"
     with pytest.raises(ConfigError, match="freeze.norm_stats='moving' is invalid"):
         strategies.from_config(compose([*FAST, "freeze.norm_stats=moving"]).freeze)
-
-
-STATS = ("running_mean", "running_var", "num_batches_tracked")
 
 
 @pytest.mark.parametrize(
