@@ -38,6 +38,31 @@ def test_lr_scales_reach_the_optimizer_groups():
     assert lrs[1] / lrs[0] == pytest.approx(10.0)
 
 
+def test_the_head_rate_depends_on_whether_blocks_train_with_it():
+    from transfersweep.config import StageData
+    from transfersweep.regime import Stage
+    from transfersweep.stages import _with_head_scale
+
+    cfg = compose([*FAST, "optimizer=adamw_pretrained", "optimizer.head_lr_scale=2"])
+    layout, head = _layout(), set(_layout().head)
+
+    def head_factors(name, data=StageData.target, **params):
+        strategy = strategies.create(name, **params)
+        stage = Stage("target", data, 5, 1e-3, strategy, 3, None)
+        out = []
+        for phase in strategy.phases(layout, 5):
+            scales = _with_head_scale({}, cfg, stage, phase, layout.head)
+            assert set(scales) in (set(), head)  # only the head's rate moves
+            out.append((phase.lr_scale, scales.get(next(iter(head)), 1.0)))
+        return out
+
+    assert head_factors("last_layer") == [(None, 10.0)]  # the probe: optimizer.probe_lr_scale
+    assert head_factors("full") == [(None, 2.0)]  # with blocks: optimizer.head_lr_scale
+    # lp_ft's probe has its own rate (freeze.probe_lr_scale): no second factor on top of it
+    assert head_factors("lp_ft", probe_epochs=2) == [(10.0, 1.0), (None, 2.0)]
+    assert head_factors("last_layer", StageData.source) == [(None, 1.0)]  # pretraining: none
+
+
 def test_phases_and_cached_prefix_of_the_built_ins():
     layout = _layout()
     n = len(layout.blocks)

@@ -126,9 +126,12 @@ class OptimizerConfig:
     # parameters of timm's fine-grained layer i train at lr x layer_decay^(last - i), the head
     # at lr. 1.0 = off; sweep it with e.g. optimizer.layer_decay=interval(0.5,1.0).
     layer_decay: float = 1.0
-    # The classifier's learning rate in stages that see target data, x lr: a freshly reset
-    # head trains from scratch while pretrained blocks only need nudging (1.0 = the same lr).
+    # The fresh classifier's learning rate in stages that see target data, x lr, by phase:
+    # `probe_lr_scale` where the head trains alone on frozen features (a linear probe),
+    # `head_lr_scale` where blocks train with it. 1.0 = the same lr. adamw_pretrained sets
+    # the probe to 10x and keeps the head at 1x, as measured (docs/real-task.md).
     head_lr_scale: float = 1.0
+    probe_lr_scale: float = 1.0
     # The sweep's range for lr (log scale; sweep=paradigm / pareto read it): pretrained weights
     # want a lower one than training from scratch (conf/optimizer/adamw_pretrained.yaml).
     lr_range: list[float] = field(default_factory=lambda: [3e-4, 3e-3])
@@ -439,7 +442,8 @@ def validate(cfg: DictConfig) -> None:
         list(o.lr_range),
         "give [low,high] with 0 < low <= high",
     )
-    _check(o.head_lr_scale > 0, "optimizer.head_lr_scale", o.head_lr_scale, "use a positive factor")
+    for key in ("head_lr_scale", "probe_lr_scale"):
+        _check(o[key] > 0, f"optimizer.{key}", o[key], "use a positive factor")
     _check(o.warmup_epochs >= 0, "optimizer.warmup_epochs", o.warmup_epochs, "use 0 or more")
     _check(
         0.0 < o.layer_decay <= 1.0,

@@ -122,7 +122,10 @@ class Phase:
 
     epochs: int
     trains: frozenset[str]  # parameter names, classifier included
-    lr_scale: float = 1.0  # of the stage's learning rate
+    # x the stage's learning rate. None: the optimizer's default for the phase (the head
+    # alone trains at optimizer.probe_lr_scale; with blocks, the head at .head_lr_scale).
+    # A strategy that sets it (lp_ft's probe) owns the phase's rate: no default applies.
+    lr_scale: float | None = None
     name: str = ""  # shown in the log when a stage has several phases
     # False: BatchNorm layers normalise with their running statistics and keep them (eval mode)
     # even where their affine parameters train, so only the named parameters change.
