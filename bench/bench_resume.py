@@ -52,7 +52,7 @@ def _trial(overrides: list[str], outputs: Path, on: bool):
     watcher.join()
     if state is not None:
         state.finish()
-    return seconds, peak[0], out.val_acc, ready.model
+    return seconds, peak[0], out.value, ready.model
 
 
 def sync_save_seconds(model: torch.nn.Module) -> float:

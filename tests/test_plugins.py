@@ -103,7 +103,7 @@ def test_own_strategy_and_regime_in_sweeps(plugin, outputs):
     study = optuna.load_study(
         study_name="grid-digits-test_resnet", storage=f"sqlite:///{outputs / 'optuna.db'}"
     )
-    regimes, strategies = summary.axes(summary.best_per_cell(summary.rows(study)))
+    regimes, strategies = summary.axes(summary.best_per_cell(summary.rows(study, "val_acc")))
     assert (regimes, strategies) == (["mine", "target_only"], ["last_layer", "head_first"])
     names = {a.path for a in client.list_artifacts(parent.info.run_id, "summary")}
     assert "summary/paradigm_heatmap.png" in names  # drawn over exactly these axes

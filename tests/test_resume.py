@@ -67,8 +67,7 @@ def _record(outputs: Path) -> dict:
     summary = json.loads((root / "summary.json").read_text())
     for k in ("seconds", "target_seconds"):
         summary.pop(k)
-    for rep in summary["repeats"]:
-        rep.pop("seconds")
+    summary["record"].pop("seconds")
     weights = (root / "checkpoint" / "model.safetensors").read_bytes()
     return {"run": r, "history": history, "summary": summary, "weights": weights}
 

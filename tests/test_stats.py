@@ -8,6 +8,7 @@ import pytest
 
 from transfersweep import stats
 from transfersweep.paradigm import Paradigm
+from transfersweep.scores import Record
 from transfersweep.sweep.row import Row
 from transfersweep.sweep.verdict import decide
 
@@ -41,10 +42,10 @@ def test_holm_by_hand():
 
 
 def _row(number: int, regime: str, strategy: str, vals: list[float]) -> Row:
-    e = stats.estimate(vals)
+    record = Record(list(range(len(vals))), scores={"val_acc": vals})
     return Row(
-        number, "COMPLETE", Paradigm(regime, strategy, strategy, {}), e.mean, e.std, None, None,
-        f"run{number}", {}, "", val_ci=e.ci95, repeat_val=dict(enumerate(vals)),
+        number, "COMPLETE", Paradigm(regime, strategy, strategy, {}), f"run{number}", {}, "",
+        record=record,
     )  # fmt: skip
 
 

@@ -8,6 +8,7 @@ import optuna
 import pytest
 
 from conftest import child_runs, cli, runs, sweep_parent
+from transfersweep.scores import Record
 
 FAST_SWEEP = [
     "backbone=tiny",
@@ -63,8 +64,9 @@ def test_study_holds_the_trials_with_paradigm_params(sweep):
         assert paradigm["params"] == (
             {"n_blocks": t.params["freeze.n_blocks"]} if t.params["freeze"] == "last_blocks" else {}
         )
-        assert t.value == pytest.approx(t.user_attrs["val_acc"])
-        assert t.user_attrs["repeats"] == 3 and t.user_attrs["val_ci95"] is not None
+        record = Record.from_dict(t.user_attrs["record"])
+        assert t.value == pytest.approx(record.estimate("val_acc").mean)
+        assert t.user_attrs["repeats"] == 3 == record.n and record.estimate("val_acc").ci95
     assert any(t.params["freeze"] == "last_blocks" for t in study.trials)  # (seed 0 draws it)
 
 
@@ -117,10 +119,10 @@ def test_mlflow_parent_with_nested_tagged_children_and_summary(sweep):
 
 def test_repeats_are_paired_draws_identical_across_trials(sweep):
     out, _, _ = sweep
-    draws = [t.user_attrs["repeat_draw"] for t in _study(out, "t").trials]
-    assert all(d == draws[0] for d in draws)  # repeat r: the same k-shot images in every trial
-    assert len(set(draws[0])) == 3  # and a different draw per repeat
-    assert all(t.user_attrs["repeat_index"] == [0, 1, 2] for t in _study(out, "t").trials)
+    records = [Record.from_dict(t.user_attrs["record"]) for t in _study(out, "t").trials]
+    assert all(r.draw == records[0].draw for r in records)  # repeat r: the same k-shot images
+    assert len(set(records[0].draw)) == 3  # and a different draw per repeat
+    assert all(r.index == [0, 1, 2] for r in records)
 
 
 def test_confirmation_reruns_the_top_paradigms_on_fresh_repeats(sweep):
@@ -138,7 +140,7 @@ def test_confirmation_reruns_the_top_paradigms_on_fresh_repeats(sweep):
     assert sorted(int(c.data.tags["confirms_trial"]) for c in confirms) == sorted(
         t.number for t in top
     )
-    search_draws = set(study.trials[0].user_attrs["repeat_draw"])
+    search_draws = set(study.trials[0].user_attrs["record"]["draw"])
     import json
 
     for c in confirms:
@@ -152,7 +154,7 @@ def test_confirmation_reruns_the_top_paradigms_on_fresh_repeats(sweep):
         steps = sorted(h.step for h in client.get_metric_history(c.info.run_id, "repeat/val_acc"))
         assert steps == [1000, 1001, 1002]  # fresh repeats: never used by the search
         summary = client.download_artifacts(c.info.run_id, "summary.json", str(out / c.info.run_id))
-        draws = {x["draw"] for x in json.load(open(summary))["repeats"]}
+        draws = set(json.load(open(summary))["record"]["draw"])
         assert len(draws) == 3 and not draws & search_draws
     assert (
         "confirmation: the best configuration of the top 3 paradigm(s)" in res.stdout + res.stderr
@@ -374,7 +376,8 @@ def test_pareto_sweep_is_two_objective_with_its_front_on_the_parent(tmp_path):
     study = _study(tmp_path, "digits-test_resnet-pareto")
     assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
     for t in study.trials:  # the objectives: val accuracy and the target stages' seconds
-        assert t.values == pytest.approx([t.user_attrs["val_acc"], t.user_attrs["target_seconds"]])
+        val = Record.from_dict(t.user_attrs["record"]).estimate("val_acc").mean
+        assert t.values == pytest.approx([val, t.user_attrs["target_seconds"]])
     client, found = runs(tmp_path)
     parent = sweep_parent(found)
     import csv

@@ -212,10 +212,10 @@ def test_repeats_report_mean_std_and_ci_over_draws_and_seeds(outputs):
     summary = json.load(
         open(client.download_artifacts(r.info.run_id, "summary.json", str(outputs)))
     )
-    reps = summary["repeats"]
-    assert [x["val_acc"] for x in reps] == pytest.approx(vals)
-    assert [x["index"] for x in reps] == [0, 1, 2]
-    assert len({x["draw"] for x in reps}) == 3  # repeat_over=both: each repeat its own k-shot draw
+    record = summary["record"]  # every score of every repeat, one dict (scores.Record)
+    assert record["scores"]["val_acc"] == pytest.approx(vals)
+    assert record["index"] == [0, 1, 2]
+    assert len(set(record["draw"])) == 3  # repeat_over=both: each repeat its own k-shot draw
     assert summary["val_acc"]["low"] == pytest.approx(m["val_acc"] - m["val_acc_ci95"])
 
 
@@ -230,9 +230,7 @@ def test_repeat_over_seed_keeps_one_draw_and_first_repeat_gives_fresh_ones(outpu
         path = client.download_artifacts(
             r.info.run_id, "summary.json", str(outputs / r.info.run_id)
         )
-        draws[r.data.params["trainer.first_repeat"]] = [
-            x["draw"] for x in json.load(open(path))["repeats"]
-        ]
+        draws[r.data.params["trainer.first_repeat"]] = json.load(open(path))["record"]["draw"]
     seed_only, fresh = draws["0"], draws["5"]
     assert len(set(seed_only)) == 1 and len(set(fresh)) == 2 and not set(fresh) & set(seed_only)
 
@@ -250,7 +248,7 @@ def test_ood_acc_is_scored_every_repeat_and_reported(outputs):
     summary = json.load(
         open(client.download_artifacts(r.info.run_id, "summary.json", str(outputs)))
     )
-    assert [x["ood_acc"] for x in summary["repeats"]] == pytest.approx(
+    assert summary["record"]["scores"]["ood_acc"] == pytest.approx(
         [h.value for h in sorted(hist, key=lambda h: h.step)]
     )
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from transfersweep import scores
 from transfersweep.errors import ConfigError
 
 
@@ -150,6 +151,9 @@ class TrainerConfig:
     # k-shot draw r and seed r (repeat_over=both), or varies only one of them (seed | draw).
     # Repeat r is identical in every trial of a study: paradigms are compared on paired repeats.
     repeats: int = 1
+    # What "best" means (transfersweep.scores): the score each stage's best epoch is chosen on,
+    # the pruner sees and sweeps rank by: val_acc | val_balanced_acc | val_macro_f1.
+    objective: str = "val_acc"
     repeat_over: str = "both"  # both | seed | draw
     first_repeat: int = 0  # index of the first repeat (a sweep's confirmation uses fresh ones)
     feature_cache: bool = (
@@ -427,6 +431,7 @@ def validate(cfg: DictConfig) -> None:
         "choose both (k-shot draw and seed), seed or draw",
     )
     _check(t.first_repeat >= 0, "trainer.first_repeat", t.first_repeat, "use 0 or more")
+    scores.check_objective(t.objective)
     _check(o.lr > 0, "optimizer.lr", o.lr, "use a positive learning rate")
     _check(o.source_lr > 0, "optimizer.source_lr", o.source_lr, "use a positive learning rate")
     _check(o.weight_decay >= 0, "optimizer.weight_decay", o.weight_decay, "use 0 or more")

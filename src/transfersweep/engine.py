@@ -86,6 +86,7 @@ class EpochStats:
     train_acc: float
     val_loss: float
     val_acc: float
+    val_score: float  # the objective's metric on val (scores.metric): what picks the best epoch
     lr: float
     images_per_s: float
     seconds: float
@@ -93,7 +94,7 @@ class EpochStats:
 
 @dataclass
 class FitResult:
-    best_val_acc: float = -1.0
+    best_val: float = -1.0  # the objective's metric on val at the best epoch
     best_epoch: int = 0
     best_state: dict[str, torch.Tensor] | None = None
     history: list[EpochStats] = field(default_factory=list)
@@ -106,12 +107,15 @@ def evaluate(
     prep: Preprocess,
     runtime: Runtime,
     eval_classes: int | None = None,
-) -> tuple[float, float]:
-    """Mean loss and accuracy; with `eval_classes`, only the first that many logits count (target head of a joint model)."""
+) -> tuple[float, dict[str, float]]:
+    """Mean loss and every metric of scores.METRICS (by metric name); with `eval_classes`, only
+    the first that many logits count (target head of a joint model)."""
+    from transfersweep import scores
+
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), device=runtime.device)
-    correct = torch.zeros((), device=runtime.device, dtype=torch.long)
+    cm: torch.Tensor | None = None
     n = 0
     for x, y in batches:
         x, y = runtime.to_device(x), y.to(runtime.device, non_blocking=True)
@@ -121,10 +125,14 @@ def evaluate(
         if eval_classes is not None:
             logits = logits[:, :eval_classes]
         loss_sum += F.cross_entropy(logits, y, reduction="sum")
-        correct += (logits.argmax(1) == y).sum()
+        counts = scores.confusion(logits.argmax(1), y, logits.shape[1])
+        cm = counts if cm is None else cm + counts
         n += len(y)
     model.train(was_training)
-    return (loss_sum.item() / max(n, 1), correct.item() / max(n, 1))
+    by_metric = (
+        scores.of_confusion(cm.cpu()) if cm is not None else dict.fromkeys(scores.METRICS, 0.0)
+    )
+    return loss_sum.item() / max(n, 1), by_metric
 
 
 def layer_decay_scales(model: torch.nn.Module, decay: float) -> dict[str, float]:
@@ -204,14 +212,17 @@ def fit(
     adapt_stats: bool = False,
 ) -> FitResult:
     """Train `model`'s trainable parameters for `epochs` at `lr` (default optimizer.lr), with
-    the optimizer settings of cfg.optimizer; the returned best_state has the best val
-    accuracy. Epochs are numbered from `first_epoch` (a stage's later phases go on counting);
+    the optimizer settings of cfg.optimizer; the returned best_state has the best val score
+    on the objective's metric (trainer.objective). Epochs are numbered from `first_epoch` (a stage's later phases go on counting);
     with `eval_classes`, only the first that many logits count at evaluation; `frozen_stats`
     keeps every BatchNorm in eval mode; `adapt_stats` (freeze.norm_stats=adapt) puts every
     BatchNorm in training mode instead, frozen ones included, so only its running statistics
     move where its weights are frozen. A `checkpoint` (transfersweep.resume.FitCheckpoint)
     puts a saved epoch back before the loop and saves every epoch the loop completes."""
+    from transfersweep import scores
+
     lr = stage_lr = cfg.optimizer.lr if lr is None else lr
+    select = scores.metric(cfg.trainer.objective)
     steps = epochs * len(train)
     opt, sched = make_optimizer(
         model, cfg.optimizer, lr, steps, cfg.optimizer.warmup_epochs * len(train), lr_scales
@@ -250,20 +261,21 @@ def fit(
         if not math.isfinite(train_loss):
             raise _diverged(epoch, lr, stage_lr, cfg.optimizer, runtime)
         train_seconds = time.perf_counter() - t0
-        val_loss, val_acc = evaluate(model, val, prep, runtime, eval_classes)
+        val_loss, val_scores = evaluate(model, val, prep, runtime, eval_classes)
         stats = EpochStats(
             epoch=epoch,
             train_loss=train_loss,
             train_acc=correct.item() / max(seen, 1),
             val_loss=val_loss,
-            val_acc=val_acc,
+            val_acc=val_scores["acc"],
+            val_score=val_scores[select],
             lr=lr,
             images_per_s=seen / max(train_seconds, 1e-9),
             seconds=time.perf_counter() - t0,
         )
         result.history.append(stats)
-        if val_acc > result.best_val_acc:
-            result.best_val_acc, result.best_epoch = val_acc, epoch
+        if stats.val_score > result.best_val:
+            result.best_val, result.best_epoch = stats.val_score, epoch
             result.best_state = {
                 k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()
             }

@@ -44,7 +44,7 @@ class RepeatResult:
     index: int  # the repeat's index r (Repeat.index)
     draw: str  # fingerprint of its k-shot draw (data.splits.Splits.digest)
     seconds: float  # the target stages' training and scoring
-    val_acc: float  # the last stage's best target val accuracy
-    test_acc: float  # the same weights on the target test split
-    last: StageResult
-    ood_acc: float | None = None  # ... on the out-of-distribution test set (data.target.ood)
+    scores: dict[
+        str, float
+    ]  # every score by name (transfersweep.scores): val_acc, test_macro_f1, ...
+    last: StageResult  # the last stage's result: its best epoch's weights

@@ -1,9 +1,11 @@
 """Result logging: what a run reports once its stages have trained.
 
-The objective is the mean best target validation accuracy over the repeats; test accuracy is
-reported beside it, never optimised. Everything lands in the MLflow run (metrics,
-summary.json, the best repeat's checkpoint as the strategy exports it) and, in a sweep, on
-the Optuna trial (user attributes the sweep's summary reads back).
+Every repeat is scored by name on every split (transfersweep.scores); the objective
+(`trainer.objective`, default val_acc) is the mean of one val score over the repeats; test and
+ood scores are reported beside it, never optimised. The per-repeat scores are one Record,
+written once as one dict: summary.json in the MLflow run (beside the metrics, the best
+repeat's checkpoint as the strategy exports it) and, in a sweep, the Optuna trial's `record`
+attribute, which the sweep's summary reads back.
 """
 
 from __future__ import annotations
@@ -18,25 +20,26 @@ from transfersweep import stats
 from transfersweep.inputs import Inputs
 from transfersweep.paradigm import Paradigm
 from transfersweep.repeats import RepeatResult
+from transfersweep.scores import SUMMARY, Record
 from transfersweep.sweep.trial import TrialLink
 
 
 @dataclass
 class Outcome:
-    val: stats.Estimate  # over repeats; val.mean is the objective
-    test: stats.Estimate
-    ood: stats.Estimate | None  # data.target.ood: the out-of-distribution test set
+    objective: str  # trainer.objective: a score name
+    record: Record  # every score of every repeat
     seconds: float  # the whole run after set-up: source stages and every repeat
     target_seconds: float  # the target stages, per repeat (mean): the paradigm's training cost
-    repeats: list[RepeatResult]
+
+    def estimate(self, name: str) -> stats.Estimate | None:
+        return self.record.estimate(name)
 
     @property
-    def val_acc(self) -> float:
-        return self.val.mean
-
-    @property
-    def test_acc(self) -> float:
-        return self.test.mean
+    def value(self) -> float:
+        """The objective: its mean over the repeats."""
+        e = self.record.estimate(self.objective)
+        assert e is not None, f"no {self.objective} was scored"
+        return e.mean
 
 
 def log_inputs(mlrun: Any, cfg: DictConfig, inputs: Inputs) -> None:
@@ -68,17 +71,17 @@ def log(
     repeats: list[RepeatResult],
     seconds: float,
 ) -> Outcome:
-    vals = [r.val_acc for r in repeats]
-    tests = [r.test_acc for r in repeats]
-    target_seconds = statistics.fmean(r.seconds for r in repeats)
-    oods = [r.ood_acc for r in repeats if r.ood_acc is not None]
-    ood = stats.estimate(oods) if oods else None
+    names = list(repeats[0].scores)
+    record = Record(
+        [r.index for r in repeats], [r.draw for r in repeats], [r.seconds for r in repeats],
+        {name: [r.scores[name] for r in repeats] for name in names},
+    )  # fmt: skip
     out = Outcome(
-        stats.estimate(vals), stats.estimate(tests), ood, seconds, target_seconds, repeats
+        cfg.trainer.objective, record, seconds, statistics.fmean(r.seconds for r in repeats)
     )
+    estimates = {name: e for name in names if (e := record.estimate(name)) is not None}
     metrics = {"run_seconds": out.seconds, "target_seconds": out.target_seconds}
-    named = [("val_acc", out.val), ("test_acc", out.test)] + ([("ood_acc", ood)] if ood else [])
-    for name, e in named:
+    for name, e in estimates.items():
         metrics |= {name: e.mean, f"{name}_std": e.std, f"{name}_n": e.n}
         if e.ci95 is not None:
             metrics |= {f"{name}_ci95": e.ci95}
@@ -88,37 +91,23 @@ def log(
             "paradigm": paradigm.to_dict() | {"name": paradigm.name},
             "backbone": cfg.backbone.name,
             "data": cfg.data.name,
-            **{name: _estimate_dict(e) for name, e in named},
+            "objective": out.objective,
+            **{name: _estimate_dict(e) for name, e in estimates.items()},
             "confidence": f"{stats.LEVEL:.0%} Student t interval of the mean over repeats",
             "repeat_over": cfg.trainer.repeat_over,
-            "repeats": [
-                {"index": r.index, "draw": r.draw, "val_acc": r.val_acc, "test_acc": r.test_acc,
-                 "ood_acc": r.ood_acc, "seconds": r.seconds}
-                for r in repeats
-            ],
+            "record": record.to_dict(),
             "seconds": out.seconds,
             "target_seconds": out.target_seconds,
         },
-        "summary.json",
-    )  # fmt: skip
+        SUMMARY,
+    )
     if cfg.tracking.enabled and cfg.tracking.log_checkpoint:
         _log_checkpoint(mlrun, cfg, inputs, repeats)
     link.set_attrs(
         {
-            "val_acc": out.val.mean,
-            "val_std": out.val.std if out.val.n > 1 else None,
-            "val_ci95": out.val.ci95,
-            "test_acc": out.test.mean,
-            "test_std": out.test.std if out.test.n > 1 else None,
-            "test_ci95": out.test.ci95,
-            "ood_acc": ood.mean if ood else None,
-            "ood_ci95": ood.ci95 if ood else None,
+            "objective": out.objective,
+            "record": record.to_dict(),  # per repeat, for the sweep's paired comparisons
             "repeats": len(repeats),
-            # per repeat, for the sweep's paired comparisons
-            "repeat_index": [r.index for r in repeats],
-            "repeat_val": vals,
-            "repeat_test": tests,
-            "repeat_draw": [r.draw for r in repeats],
             "target_seconds": out.target_seconds,
             "run_id": mlrun.run_id,
         }
@@ -131,10 +120,12 @@ def _estimate_dict(e: stats.Estimate) -> dict[str, Any]:
 
 
 def _log_checkpoint(mlrun: Any, cfg: DictConfig, inputs: Inputs, repeats: list[RepeatResult]):
-    """The best repeat's weights: a plain timm state dict (adapters are merged by then)."""
+    """The best repeat's weights (on the objective; first of equals): a plain timm state dict
+    (adapters are merged by then)."""
     from transfersweep import tracking
 
-    best = max(repeats, key=lambda r: r.val_acc)  # first of equals
+    objective = cfg.trainer.objective
+    best = max(repeats, key=lambda r: r.scores[objective])
     final = inputs.stages[-1]
     inputs.model.load_state_dict(best.last.best_state)
     tracking.save_checkpoint(
@@ -147,10 +138,10 @@ def _log_checkpoint(mlrun: Any, cfg: DictConfig, inputs: Inputs, repeats: list[R
             "classes": list(inputs.data.target.classes),
             "target_logits": len(inputs.data.target.classes),
             "stage": final.name,
-            "repeat": best.index,  # the MLflow step of its repeat/val_acc and repeat/test_acc
+            "repeat": best.index,  # the MLflow step of its repeat/<score> metrics
             "draw": best.draw,
             "best_epoch": best.last.best_epoch,
-            "val_acc": best.last.best_val_acc,
-            "test_acc": best.test_acc,
+            "objective": objective,
+            **best.scores,
         },
     )

@@ -42,7 +42,7 @@ from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger("transfersweep")
 
-VERSION = 1
+VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ def open_run(cfg: DictConfig, study: str | None, trial: int | None) -> Resume | 
             root / k,
         )
         return None
-    return Resume(root / k, k, lock, trial, _load(root / k, k))
+    return Resume(root / k, k, lock, trial, _load(root / k, k), cfg.trainer.objective)
 
 
 def _lock(path: Path) -> Any:
@@ -217,8 +217,12 @@ def _write_safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
 class Resume:
     """One run's resume state: what was found at the start, and the saving as it goes."""
 
-    def __init__(self, folder: Path, k: str, lock: Any, trial: int | None, saved: Saved | None):
+    def __init__(
+        self, folder: Path, k: str, lock: Any, trial: int | None, saved: Saved | None,
+        objective: str = "val_acc",
+    ) -> None:  # fmt: skip
         self.dir, self.key, self._lock, self.trial = folder, k, lock, trial
+        self.objective = objective  # trainer.objective: which repeat is the best
         self.saved = saved
         self.point = saved.point if saved else None  # where the found state stands
         doc = saved.doc if saved else {}
@@ -291,14 +295,14 @@ class Resume:
     def repeat_done(self, r: Any) -> None:
         """Repeat `r` (stages.RepeatResult) is scored; the best one keeps its weights (the
         run's checkpoint is the best repeat's, first of equals)."""
-        if all(r.val_acc > d["val_acc"] for d in self.repeats):
+        objective = self.objective
+        if all(r.scores[objective] > d["scores"][objective] for d in self.repeats):
             state = _prefixed("best_repeat", r.last.best_state)
             self._extra["best_repeat"] = _save_tensors(self.dir, "best-repeat", state)
         self.repeats.append(
             {
-                "index": r.index, "draw": r.draw, "seconds": r.seconds, "val_acc": r.val_acc,
-                "test_acc": r.test_acc, "ood_acc": r.ood_acc,
-                "best_val_acc": r.last.best_val_acc, "best_epoch": r.last.best_epoch,
+                "index": r.index, "draw": r.draw, "seconds": r.seconds, "scores": r.scores,
+                "best_val": r.last.best_val, "best_epoch": r.last.best_epoch,
             }
         )  # fmt: skip
 
@@ -307,16 +311,12 @@ class Resume:
         from transfersweep.repeats import RepeatResult
         from transfersweep.stages import StageResult
 
-        out, best = [], max(self.repeats, key=lambda d: d["val_acc"], default=None)
+        objective = self.objective
+        out, best = [], max(self.repeats, key=lambda d: d["scores"][objective], default=None)
         for d in self.repeats:
             state = _unprefixed("best_repeat", self.saved.tensors) if d is best else {}
-            last = StageResult(d["best_val_acc"], d["best_epoch"], state)
-            out.append(
-                RepeatResult(
-                    d["index"], d["draw"], d["seconds"], d["val_acc"], d["test_acc"], last,
-                    d["ood_acc"],
-                )
-            )  # fmt: skip
+            last = StageResult(d["best_val"], d["best_epoch"], state)
+            out.append(RepeatResult(d["index"], d["draw"], d["seconds"], dict(d["scores"]), last))
         return out
 
     # ----- commit, end ------------------------------------------------------------------------
@@ -413,7 +413,7 @@ class StageCheckpoint:
         t, doc = self.saved.tensors, self.saved.doc
         model.load_state_dict(_unprefixed("model", t))
         b = doc.get("stage_best")
-        return StageResult(b["val_acc"], b["epoch"], _unprefixed("stage_best", t)) if b else None
+        return StageResult(b["val"], b["epoch"], _unprefixed("stage_best", t)) if b else None
 
     def phase(self, index: int, model: torch.nn.Module, stage_best: Any) -> FitCheckpoint:
         """Phase `index` of the stage, training (part of) `model`; `stage_best`: the
@@ -442,7 +442,7 @@ class FitCheckpoint:
         scaler.load_state_dict(doc["scaler"])
         gen.set_state(t["data_order"])
         f = doc["fit"]
-        result.best_val_acc, result.best_epoch = f["best_val_acc"], f["best_epoch"]
+        result.best_val, result.best_epoch = f["best_val"], f["best_epoch"]
         best = _unprefixed("fit_best", t)
         result.best_state = best or {
             k: v.detach().to("cpu", copy=True) for k, v in fit_model.state_dict().items()
@@ -466,7 +466,7 @@ class FitCheckpoint:
             "scheduler": _jsonable(sched.state_dict()),
             "scaler": scaler.state_dict(),
             "fit": {
-                "best_val_acc": result.best_val_acc,
+                "best_val": result.best_val,
                 "best_epoch": result.best_epoch,
                 "history": [dataclasses.asdict(h) for h in result.history],
             },
@@ -475,7 +475,7 @@ class FitCheckpoint:
         }
         if self.stage_best is not None:
             b = self.stage_best
-            doc["stage_best"] = {"val_acc": b.best_val_acc, "epoch": b.best_epoch}
+            doc["stage_best"] = {"val": b.best_val, "epoch": b.best_epoch}
             tensors |= _prefixed("stage_best", b.best_state)
         st.run.commit(Point(st.index, st.repeat, self.phase, epoch), tensors, doc)
 

@@ -78,6 +78,7 @@ def key(cfg: DictConfig, stage_index: int, precision: str) -> str:
             k: v for k, v in c["optimizer"].items() if k != "lr"
         },  # lr: target stages only
         "epochs": c["trainer"]["source_epochs"],
+        "select": c["trainer"]["objective"],  # its metric picks the source stage's best epoch
         "precision": precision,
         "channels_last": c["trainer"]["channels_last"],
         "seed": c["seed"],

@@ -43,7 +43,7 @@ def _scales_for(
 
 @dataclass
 class StageResult:
-    best_val_acc: float
+    best_val: float  # the objective's metric (trainer.objective) on val at the best epoch
     best_epoch: int
     best_state: dict[str, torch.Tensor]  # the whole model at its best epoch (CPU copies)
 
@@ -80,7 +80,10 @@ def run(
     if layout is not inputs.layout:  # the best state had adapters: keep the merged model's
         best = replace(best, best_state=_cpu_state(model))
     mlrun.log_metrics(
-        {f"{prefix}/best_val_acc": best.best_val_acc, f"{prefix}/best_epoch": best.best_epoch}
+        {
+            f"{prefix}/best_{cfg.trainer.objective}": best.best_val,
+            f"{prefix}/best_epoch": best.best_epoch,
+        }
     )
     return best
 
@@ -115,9 +118,10 @@ def _phases(
         metrics = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_s")
         values = {f"{prefix}/{m}": getattr(st, m) for m in metrics}
         values[f"{prefix}/params_trainable"] = trainable  # per epoch: gradual unfreezing moves it
+        values[f"{prefix}/{cfg.trainer.objective}"] = st.val_score  # what picks the best epoch
         mlrun.log_metrics(values, step=st.epoch)
         if report is not None:
-            report(st.val_acc, st.epoch)  # may raise optuna.TrialPruned
+            report(st.val_score, st.epoch)  # the objective's metric; may raise TrialPruned
 
     pin = runtime.device.type == "cuda"
     best: StageResult | None = None
@@ -157,10 +161,10 @@ def _phases(
             checkpoint=checkpoint.phase(i, model, best) if checkpoint is not None else None,
         )  # fmt: skip
         fit_model.load_state_dict(result.best_state)  # the next phase starts from the best
-        best_is_last = best is None or result.best_val_acc > best.best_val_acc
+        best_is_last = best is None or result.best_val > best.best_val
         if best_is_last:
             state = result.best_state if fit_model is model else _cpu_state(model)
-            best = StageResult(result.best_val_acc, result.best_epoch, state)
+            best = StageResult(result.best_val, result.best_epoch, state)
         epoch += phase.epochs
     assert best is not None, f"strategy {stage.strategy.name!r} gave no phases"
     if not best_is_last:  # an earlier phase did better: the stage ends on its weights
@@ -326,12 +330,10 @@ def _pretrain_stage(
             mlrun.set_tags(
                 {f"{stage.name}/reused_from": meta["run_id"], f"{stage.name}/cache_key": key}
             )
-            mlrun.log_metrics({f"{stage.name}/best_val_acc": meta["best_val_acc"]})
+            mlrun.log_metrics({f"{stage.name}/best_{cfg.trainer.objective}": meta["best_val"]})
             return
         result = run(inputs, cfg, stage, stage.name, cfg.seed + i, mlrun, checkpoint=checkpoint)
-        entry.store(
-            result.best_state, {"run_id": mlrun.run_id, "best_val_acc": result.best_val_acc}
-        )
+        entry.store(result.best_state, {"run_id": mlrun.run_id, "best_val": result.best_val})
         mlrun.set_tags({f"{stage.name}/cache_key": key})
 
 
@@ -376,20 +378,25 @@ def repeat(
         seed = cfg.seed + i + 1000 * rep.seed
         checkpoint = resume.stage(i, rep.index) if resume is not None else None
         result = run(inputs, cfg, stage, prefix, seed, mlrun, report if last else None, checkpoint)
-    final, target = target_stages[-1], inputs.data.target
-    test = inputs.data.eval_batches(final.data, "test", cfg)
-    n_classes = len(target.classes)
-    _, test_acc = engine.evaluate(inputs.model, test, inputs.preprocess, inputs.runtime, n_classes)
-    scores = {"repeat/val_acc": result.best_val_acc, "repeat/test_acc": test_acc}
-    ood_acc = None
-    if target.ood is not None:  # reported beside test_acc, never optimised
-        ood = inputs.data.eval_batches(final.data, "ood", cfg)
-        _, ood_acc = engine.evaluate(
-            inputs.model, ood, inputs.preprocess, inputs.runtime, n_classes
-        )
-        scores["repeat/ood_acc"] = ood_acc
-    mlrun.log_metrics(scores, step=rep.index)
+    scored = score(inputs, cfg, target_stages[-1])
+    mlrun.log_metrics({f"repeat/{k}": v for k, v in scored.items()}, step=rep.index)
     seconds = time.perf_counter() - t0
-    return RepeatResult(
-        rep.index, target.digest(), seconds, result.best_val_acc, test_acc, result, ood_acc
-    )
+    return RepeatResult(rep.index, inputs.data.target.digest(), seconds, scored, result)
+
+
+def score(inputs: Inputs, cfg: DictConfig, final: Stage) -> dict[str, float]:
+    """Every score of the model as it stands (the last stage's best epoch) by name
+    (transfersweep.scores): every metric on the target's val and test splits, and on the
+    out-of-distribution set when data.target.ood is set (reported, never optimised). Val is
+    scored again on the whole model, which is what the checkpoint and the champion are."""
+    from transfersweep import scores
+
+    target = inputs.data.target
+    out: dict[str, float] = {}
+    for split in ("val", "test", "ood") if target.ood is not None else ("val", "test"):
+        batches = inputs.data.eval_batches(final.data, split, cfg)
+        _, by_metric = engine.evaluate(
+            inputs.model, batches, inputs.preprocess, inputs.runtime, len(target.classes)
+        )
+        out |= scores.named(split, by_metric)
+    return out

@@ -36,7 +36,7 @@ register_schemas()
 
 
 def run(cfg: DictConfig) -> float:
-    """Run one paradigm; returns the objective: mean target validation accuracy over repeats."""
+    """Run one paradigm; returns the objective (trainer.objective): its mean over repeats."""
     from transfersweep import inputs, resume, tracking
     from transfersweep.memory import memory_guard
     from transfersweep.sweep.trial import TrialLink
@@ -62,13 +62,15 @@ def run(cfg: DictConfig) -> float:
             with nullcontext(early) if early else track() as mlrun:
                 out = memory_guard(cfg, "training", train, ready, cfg, paradigm, link, mlrun, state)
     where = f"MLflow run {mlrun.run_id} in {tracking.redact(mlrun.uri)} -> `make ui`, then {mlrun.ui_url()}"
+    shown = [out.objective, out.objective.replace("val_", "test_", 1)]
+    shown += [n for n in (out.objective.replace("val_", "ood_", 1),) if n in out.record.scores]
     log.info(
-        "done: %s | %s on %s | target val_acc %s  test_acc %s%s | %.0fs | %s",
-        paradigm, cfg.backbone.name, cfg.data.name, _pm(out.val), _pm(out.test),
-        f"  ood_acc {_pm(out.ood)}" if out.ood else "",
+        "done: %s | %s on %s | target %s | %.0fs | %s",
+        paradigm, cfg.backbone.name, cfg.data.name,
+        "  ".join(f"{n} {_pm(out.estimate(n))}" for n in shown),
         out.seconds, where if cfg.tracking.enabled else "tracking off",
     )  # fmt: skip
-    return float(out.val_acc)
+    return out.value
 
 
 def _pm(e: Any) -> str:

@@ -49,10 +49,11 @@ class TransferSweeperConf(OptunaSweeperConf):
     # `model_name` (null: the study's name) with alias `champion` (transfersweep.sweep.champion).
     register_champion: bool = True
     model_name: str | None = None
-    # What each of `direction`'s entries optimises: val_acc (the trial's objective) first, then
-    # trial attributes a run reports (target_seconds: the target stages' seconds per repeat).
-    # sweep=pareto: [val_acc, target_seconds] with direction [maximize, minimize].
-    objectives: list[str] = field(default_factory=lambda: ["val_acc"])
+    # What each of `direction`'s entries optimises: the trial's objective (trainer.objective)
+    # first, then other scores or what a run reports (target_seconds: the target stages'
+    # seconds per repeat). sweep=pareto: [${trainer.objective}, target_seconds] with direction
+    # [maximize, minimize].
+    objectives: list[str] = field(default_factory=lambda: ["${trainer.objective}"])
     # A study resumed by name must be about the same data, backbone, objective and search
     # space (transfersweep.sweep.identity); true continues one that differs anyway.
     resume_changed: bool = False

@@ -74,20 +74,23 @@ def register(client: Any, name: str, winner: Any, verdict: Any, study: str) -> s
     except MlflowException:
         pass  # exists
     source = f"{client.get_run(run_id).info.artifact_uri}/model"
+    objective, on_test = winner.objective, winner.on("test")
+    test = winner.est(on_test)
     tags = {
         "paradigm": winner.paradigm.name,
-        "val_acc": f"{winner.val_acc:.4f}",
-        "val_ci95": "" if winner.val_ci is None else f"{winner.val_ci:.4f}",
-        "test_acc": "" if winner.test_acc is None else f"{winner.test_acc:.4f}",
+        "objective": objective,
+        objective: f"{winner.value:.4f}",
+        f"{objective}_ci95": "" if winner.ci is None else f"{winner.ci:.4f}",
+        on_test: "" if test is None else f"{test.mean:.4f}",
         "n_repeats": str(winner.n),
         "verdict_source": verdict.source,
         "study": study,
     }
     description = (
         f"**Verdict**: {verdict.text}\n\n"
-        f"{winner.paradigm.name}: target val {winner.val_acc:.4f}"
-        + (f" ± {winner.val_ci:.4f} (95% CI)" if winner.val_ci is not None else "")
-        + (f", test {winner.test_acc:.4f}" if winner.test_acc is not None else "")
+        f"{winner.paradigm.name}: target {objective} {winner.value:.4f}"
+        + (f" ± {winner.ci:.4f} (95% CI)" if winner.ci is not None else "")
+        + (f", {on_test} {test.mean:.4f}" if test is not None else "")
         + f" over {winner.n} repeat(s); weights: the best repeat's checkpoint of run {run_id}."
     )
     mv = client.create_model_version(

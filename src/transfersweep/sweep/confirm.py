@@ -13,11 +13,15 @@ costs nothing.
 
 from __future__ import annotations
 
+import json
 import logging
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
+from transfersweep.scores import SUMMARY, Record
 from transfersweep.sweep import sampling
 from transfersweep.sweep.hydra_optuna import SearchSpace
 from transfersweep.sweep.row import Row
@@ -34,7 +38,7 @@ class ConfirmSettings:
 
 def candidates(best: dict[tuple[str, str], Row], top_k: int) -> list[Row]:
     """The best trial of each of the top_k paradigms, best first."""
-    ranked = sorted(best.values(), key=lambda r: (-r.val_acc, r.number))
+    ranked = sorted(best.values(), key=lambda r: (-(r.value or 0.0), r.number))
     return ranked[:top_k]
 
 
@@ -81,26 +85,19 @@ def _finished(parent: Any) -> dict[str, Any]:
     return {r.data.tags["confirm_key"]: r for r in found if "confirm_key" in r.data.tags}
 
 
-def _history(client: Any, run_id: str, metric: str) -> dict[int, float]:
-    return {h.step: h.value for h in client.get_metric_history(run_id, metric)}
+def _record(client: Any, run_id: str) -> Record | None:
+    """The run's Record, from its summary.json (what transfersweep.results wrote)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = client.download_artifacts(run_id, SUMMARY, tmp)
+        return Record.from_dict(json.loads(Path(path).read_text()).get("record"))
 
 
 def as_row(searched: Row, run: Any, client: Any) -> Row:
     """The searched trial's row with the confirmation run's numbers."""
-    m = run.data.metrics
     return replace(
         searched,
-        val_acc=m["val_acc"],
-        val_std=m.get("val_acc_std"),
-        val_ci=m.get("val_acc_ci95"),
-        test_acc=m.get("test_acc"),
-        test_std=m.get("test_acc_std"),
-        test_ci=m.get("test_acc_ci95"),
-        repeat_val=_history(client, run.info.run_id, "repeat/val_acc"),
-        repeat_test=_history(client, run.info.run_id, "repeat/test_acc"),
-        target_seconds=m.get("target_seconds"),
-        ood_acc=m.get("ood_acc"),
-        ood_ci=m.get("ood_acc_ci95"),
+        record=_record(client, run.info.run_id),
+        target_seconds=run.data.metrics.get("target_seconds"),
         run_id=run.info.run_id,
     )
 
@@ -137,9 +134,9 @@ def run(
         done = _finished(parent)
     confirmed = [as_row(r, done[key(r, s)], parent.client) for r in top if key(r, s) in done]
     for r in confirmed:
-        ci = f" ± {r.val_ci:.4f}" if r.val_ci is not None else ""
+        ci = f" ± {r.ci:.4f}" if r.ci is not None else ""
         log.info(
-            "confirmed #%d %s: val_acc %.4f%s (n=%d, search: %.4f)",
-            r.number, r.paradigm.name, r.val_acc, ci, r.n, best[r.cell].val_acc,
+            "confirmed #%d %s: %s %.4f%s (n=%d, search: %.4f)",
+            r.number, r.paradigm.name, r.objective, r.value, ci, r.n, best[r.cell].value,
         )  # fmt: skip
     return confirmed

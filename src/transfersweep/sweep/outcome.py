@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 @dataclass(frozen=True)
 class Complete:
-    value: float  # target val accuracy: the first objective
+    value: float  # the objective (trainer.objective): the first of a multi-objective study
     more: tuple[float, ...] = ()  # the other objectives of a multi-objective study
     kind: ClassVar[str] = "complete"
 
@@ -26,14 +26,14 @@ class Complete:
 @dataclass(frozen=True)
 class Pruned:
     epoch: int | None  # the last epoch the trial reported
-    val_acc: float | None = None  # what it reported then
+    value: float | None = None  # the objective's val score it reported then
     kind: ClassVar[str] = "pruned"
 
     @property
     def reason(self) -> str:
         if self.epoch is None:
             return "pruned"
-        return f"pruned at epoch {self.epoch} (target val_acc {self.val_acc:.4f})"
+        return f"pruned at epoch {self.epoch} (target val score {self.value:.4f})"
 
 
 @dataclass(frozen=True)

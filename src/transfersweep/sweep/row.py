@@ -1,15 +1,20 @@
 """One trial's results as the sweep's tables, verdict, confirmation and champion read them.
 
+A row holds the run's Record (every score of every repeat, transfersweep.scores) and the
+study's objective; everything that ranks or compares reads `value`, `ci` and `values()` (the
+objective) or `est(name)` (any other score), so changing trainer.objective changes them all.
 Its own module so that summary (which builds rows) and verdict (which compares them) do not
 import each other.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from transfersweep import stats
 from transfersweep.paradigm import Paradigm
+from transfersweep.scores import Record
 
 
 @dataclass
@@ -17,39 +22,62 @@ class Row:
     number: int
     state: str
     paradigm: Paradigm
-    val_acc: float | None  # mean over the trial's repeats
-    val_std: float | None
-    test_acc: float | None
-    test_std: float | None
     run_id: str
     params: dict[str, Any]
     error: str
-    val_ci: float | None = None  # 95 % t half-width (transfersweep.stats); None with one repeat
-    test_ci: float | None = None
-    repeat_val: dict[int, float] = field(default_factory=dict)  # repeat index -> val accuracy
-    repeat_test: dict[int, float] = field(default_factory=dict)
+    objective: str = "val_acc"  # trainer.objective: the score name that ranks
+    record: Record | None = None  # None: the run scored nothing (failed, pruned)
     target_seconds: float | None = None  # the target stages per repeat: the paradigm's cost
-    ood_acc: float | None = None  # data.target.ood: out-of-distribution test accuracy (reported)
-    ood_ci: float | None = None
 
     @property
     def cell(self) -> tuple[str, str]:
         return (self.paradigm.regime, self.paradigm.strategy)
 
+    def est(self, name: str) -> stats.Estimate | None:
+        """Mean, std and 95 % CI of score `name` over the row's repeats."""
+        return self.record.estimate(name) if self.record is not None else None
+
+    def values(self, name: str | None = None) -> dict[int, float]:
+        """repeat index -> score (the objective by default): what paired tests pair."""
+        return self.record.values(name or self.objective) if self.record is not None else {}
+
+    @property
+    def value(self) -> float | None:
+        """The objective's mean over the repeats (None: not scored)."""
+        e = self.est(self.objective)
+        return e.mean if e is not None else None
+
+    @property
+    def ci(self) -> float | None:
+        e = self.est(self.objective)
+        return e.ci95 if e is not None else None
+
     @property
     def n(self) -> int:
-        return len(self.repeat_val) or (1 if self.val_acc is not None else 0)
+        return len(self.values())
+
+    def on(self, split: str) -> str:
+        """The objective's metric on another split: val_macro_f1 -> test_macro_f1."""
+        return f"{split}_{self.objective.removeprefix('val_')}"
 
     def results(self) -> list[Any]:
-        """The values of RESULT_COLUMNS, which both CSVs carry."""
-        return [
-            self.paradigm.name, self.val_acc, self.val_std, self.val_ci, self.test_acc,
-            self.test_std, self.test_ci, self.ood_acc, self.ood_ci, self.n, self.target_seconds,
-            self.run_id,
-        ]  # fmt: skip
+        """The values of result_columns(objective), which both CSVs carry."""
+        out: list[Any] = [self.paradigm.name]
+        for split, parts in _SCORED:
+            e = self.est(self.on(split))
+            out += [None if e is None else getattr(e, p) for p in parts]
+        return out + [self.n, self.target_seconds, self.run_id]
 
 
-RESULT_COLUMNS = [
-    "paradigm", "val_acc", "val_std", "val_ci95", "test_acc", "test_std", "test_ci95", "ood_acc",
-    "ood_ci95", "n", "target_seconds", "run_id",
-]  # fmt: skip
+_SCORED = [("val", ("mean", "std", "ci95")), ("test", ("mean", "std", "ci95")),
+           ("ood", ("mean", "ci95"))]  # fmt: skip
+
+
+def result_columns(objective: str) -> list[str]:
+    """CSV header: the objective (val_acc, ...) and the same metric on test and ood."""
+    metric = objective.removeprefix("val_")
+    out = ["paradigm"]
+    for split, parts in _SCORED:
+        name = f"{split}_{metric}"
+        out += [name if p == "mean" else f"{name}_{p}" for p in parts]
+    return out + ["n", "target_seconds", "run_id"]

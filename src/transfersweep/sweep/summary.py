@@ -1,9 +1,9 @@
 """Sweep reporting: the regime x strategy paradigm table, heatmap, history and importances.
 
-Reads the Optuna study (params + the user attributes each trial attached:
-val/test mean and std, paradigm, MLflow run id) and writes everything into the
-sweep's parent MLflow run under `summary/`. PNGs only: plotly HTML would fetch
-plotly from the internet when opened.
+Reads the Optuna study (params + the user attributes each trial attached: its Record of
+per-repeat scores, paradigm, MLflow run id) and writes everything into the sweep's parent
+MLflow run under `summary/`. Every number shown is the objective (trainer.objective) unless
+named otherwise. PNGs only: plotly HTML would fetch plotly from the internet when opened.
 """
 
 from __future__ import annotations
@@ -18,50 +18,36 @@ from pathlib import Path
 from typing import Any
 
 from transfersweep.paradigm import Paradigm
+from transfersweep.scores import Record
 from transfersweep.sweep import verdict as verdict_mod
-from transfersweep.sweep.row import RESULT_COLUMNS, Row
+from transfersweep.sweep.row import Row, result_columns
 
 log = logging.getLogger(__name__)
 
 
-def _per_repeat(a: dict[str, Any], key: str) -> dict[int, float]:
-    return dict(zip(a.get("repeat_index", []), a.get(key, []), strict=False))
-
-
-def rows(study: Any) -> list[Row]:
-    out = []
-    for t in study.trials:
-        a = t.user_attrs
-        out.append(
-            Row(
-                number=t.number,
-                state=t.state.name,
-                paradigm=Paradigm.from_trial(a, t.params),
-                val_acc=a.get("val_acc", t.values[0] if t.values else None),
-                val_std=a.get("val_std"),
-                test_acc=a.get("test_acc"),
-                test_std=a.get("test_std"),
-                run_id=a.get("run_id", ""),
-                params=dict(t.params),
-                error=a.get("error", ""),
-                val_ci=a.get("val_ci95"),
-                test_ci=a.get("test_ci95"),
-                repeat_val=_per_repeat(a, "repeat_val"),
-                repeat_test=_per_repeat(a, "repeat_test"),
-                target_seconds=a.get("target_seconds"),
-                ood_acc=a.get("ood_acc"),
-                ood_ci=a.get("ood_ci95"),
-            )
+def rows(study: Any, objective: str) -> list[Row]:
+    return [
+        Row(
+            number=t.number,
+            state=t.state.name,
+            paradigm=Paradigm.from_trial(t.user_attrs, t.params),
+            run_id=t.user_attrs.get("run_id", ""),
+            params=dict(t.params),
+            error=t.user_attrs.get("error", ""),
+            objective=objective,
+            record=Record.from_dict(t.user_attrs.get("record")),
+            target_seconds=t.user_attrs.get("target_seconds"),
         )
-    return out
+        for t in study.trials
+    ]
 
 
 def best_per_cell(trials: list[Row]) -> dict[tuple[str, str], Row]:
     best: dict[tuple[str, str], Row] = {}
     for r in trials:
-        if r.state != "COMPLETE" or r.val_acc is None:
+        if r.state != "COMPLETE" or r.value is None:
             continue
-        if r.cell not in best or r.val_acc > best[r.cell].val_acc:
+        if r.cell not in best or r.value > best[r.cell].value:  # type: ignore[operator]
             best[r.cell] = r
     return best
 
@@ -84,39 +70,46 @@ def _pm(mean: float | None, ci: float | None) -> str:
     return f"{mean:.3f} ± {ci:.3f}" if ci is not None else f"{mean:.3f}"
 
 
+def _score(r: Row, name: str) -> str:
+    e = r.est(name)
+    return "-" if e is None else _pm(e.mean, e.ci95)
+
+
 def _test(r: Row) -> str:
-    """Test accuracy, and out-of-distribution accuracy when the run scored one."""
-    ood = f"; ood {_pm(r.ood_acc, r.ood_ci)}" if r.ood_acc is not None else ""
-    return _pm(r.test_acc, r.test_ci) + ood
+    """The objective's metric on test, and out of distribution when the run scored one."""
+    ood = f"; ood {_score(r, r.on('ood'))}" if r.est(r.on("ood")) is not None else ""
+    return _score(r, r.on("test")) + ood
 
 
 def _cell(r: Row, status: str | None) -> str:
     variant = r.paradigm.variant if r.paradigm.variant != r.paradigm.strategy else ""
     mark = f" **{status}**" if status in ("winner", "tied") else ""
     return (
-        f"{_pm(r.val_acc, r.val_ci)} ({_test(r)}) n={r.n} #{r.number}"
+        f"{_pm(r.value, r.ci)} ({_test(r)}) n={r.n} #{r.number}"
         + (f" {variant}" if variant else "")
         + mark
     )
 
 
-HEADER = (
-    "Target validation accuracy of each paradigm's best trial in the search (test accuracy of "
-    "the same trial in brackets): mean ± 95 % CI half-width over n repeats (k-shot draws and "
-    "seeds)."
-)
+def header(objective: str) -> str:
+    on_test = objective.replace("val_", "test_", 1)
+    return (
+        f"Target {objective} of each paradigm's best trial in the search ({on_test} of the same "
+        "trial in brackets): mean ± 95 % CI half-width over n repeats (k-shot draws and seeds)."
+    )
 
 
 def table_markdown(best: dict[tuple[str, str], Row], verdict: Any = None) -> str:
     """The regime x strategy table; `verdict` (of these rows) marks the winner and the tied."""
     regimes, freezes = axes(best)
+    objective = next(iter(best.values())).objective if best else "val_acc"
     if verdict is not None and not any(c.status in ("tied", "worse") for c in verdict.comparisons):
         verdict = None  # an untested ranking marks no winner
     marks = (
         " **winner** and the paradigms **tied** with it by the verdict below." if verdict else ""
     )
     lines = [
-        HEADER + marks,
+        header(objective) + marks,
         "",
         "| regime \\ freeze | " + " | ".join(freezes) + " |",
         "|---|" + "---|" * len(freezes),
@@ -132,18 +125,20 @@ def table_markdown(best: dict[tuple[str, str], Row], verdict: Any = None) -> str
 
 
 def confirmation_markdown(verdict: Any) -> str:
+    objective = verdict.comparisons[0].row.objective if verdict.comparisons else "val_acc"
+    on_test = objective.replace("val_", "test_", 1)
     lines = [
         "Confirmation: the best configuration of the top paradigms re-run on fresh repeats "
         "(draws and seeds the search never used); these numbers decide the verdict.",
         "",
-        "| paradigm | val | test | n | p (Holm) | verdict | run |",
+        f"| paradigm | {objective} | {on_test} | n | p (Holm) | verdict | run |",
         "|---|---|---|---|---|---|---|",
     ]
     for c in verdict.comparisons:
         r = c.row
         p = "-" if c.p_holm is None else f"{c.p_holm:.3g}"
         lines.append(
-            f"| {r.paradigm.name} | {_pm(r.val_acc, r.val_ci)} | {_test(r)} | "
+            f"| {r.paradigm.name} | {_pm(r.value, r.ci)} | {_test(r)} | "
             f"{r.n} | {p} | {c.status} | {r.run_id} |"
         )
     return "\n".join(lines) + "\n"
@@ -180,11 +175,11 @@ class Summary:
 
     @property
     def complete(self) -> list[Row]:
-        return [r for r in self.trials if r.state == "COMPLETE" and r.val_acc is not None]
+        return [r for r in self.trials if r.state == "COMPLETE" and r.value is not None]
 
 
-def build(study: Any, confirmed: list[Row] | None = None) -> Summary:
-    trials = rows(study)
+def build(study: Any, objective: str, confirmed: list[Row] | None = None) -> Summary:
+    trials = rows(study, objective)
     best = best_per_cell(trials)
     search = verdict_mod.decide(list(best.values()))
     final = verdict_mod.decide(confirmed, "confirmation") if confirmed else search
@@ -207,34 +202,36 @@ def pareto_front(study: Any, trials: list[Row]) -> list[Row]:
         return []
     numbers = {t.number for t in study.best_trials}
     front = [r for r in trials if r.number in numbers]
-    return sorted(front, key=lambda r: (r.target_seconds or 0.0, -(r.val_acc or 0.0)))
+    return sorted(front, key=lambda r: (r.target_seconds or 0.0, -(r.value or 0.0)))
 
 
 def pareto_markdown(front: list[Row]) -> str:
+    objective = front[0].objective
     lines = [
-        "Pareto front: no other trial is both more accurate and cheaper (target val accuracy "
+        f"Pareto front: no other trial is both better and cheaper (target {objective} "
         "against the target stages' training seconds per repeat).",
         "",
-        "| trial | paradigm | val | test | n | seconds per repeat |",
+        f"| trial | paradigm | {objective} | {front[0].on('test')} | n | seconds per repeat |",
         "|---|---|---|---|---|---|",
     ]
     for r in front:
         secs = "-" if r.target_seconds is None else f"{r.target_seconds:.1f}"
         lines.append(
-            f"| #{r.number} | {r.paradigm.name} | {_pm(r.val_acc, r.val_ci)} | "
-            f"{_pm(r.test_acc, r.test_ci)} | {r.n} | {secs} |"
+            f"| #{r.number} | {r.paradigm.name} | {_pm(r.value, r.ci)} | "
+            f"{_score(r, r.on('test'))} | {r.n} | {secs} |"
         )
     return "\n".join(lines) + "\n"
 
 
-def write(study: Any, out_dir: Path, confirmed: list[Row] | None = None) -> Summary:
+def write(study: Any, out_dir: Path, objective: str, confirmed: list[Row] | None = None) -> Summary:
     """Write the summary files into out_dir."""
-    s = build(study, confirmed)
+    s = build(study, objective, confirmed)
     search = s.verdict if not confirmed else None
+    columns = result_columns(objective)
     (out_dir / "paradigm_table.md").write_text(s.markdown, encoding="utf-8")
     _csv(
         out_dir / "paradigm_table.csv",
-        ["regime", "freeze", "best_trial", *RESULT_COLUMNS, *VERDICT_COLUMNS],
+        ["regime", "freeze", "best_trial", *columns, *VERDICT_COLUMNS],
         [
             [g, f, r.number, *r.results(), *_verdict_columns(search, r)]
             for (g, f), r in sorted(s.best.items())
@@ -243,7 +240,7 @@ def write(study: Any, out_dir: Path, confirmed: list[Row] | None = None) -> Summ
     if confirmed:
         _csv(
             out_dir / "confirmation.csv",
-            ["confirms_trial", *RESULT_COLUMNS, *VERDICT_COLUMNS],
+            ["confirms_trial", *columns, *VERDICT_COLUMNS],
             [
                 [c.row.number, *c.row.results(), *_verdict_columns(s.verdict, c.row)]
                 for c in s.verdict.comparisons
@@ -251,13 +248,13 @@ def write(study: Any, out_dir: Path, confirmed: list[Row] | None = None) -> Summ
         )
     _csv(
         out_dir / "trials.csv",
-        ["trial", "state", *RESULT_COLUMNS, "params", "error"],
+        ["trial", "state", *columns, "params", "error"],
         [[r.number, r.state, *r.results(), r.params, r.error] for r in s.trials],
     )
     if s.front:
         _csv(
             out_dir / "pareto_front.csv",
-            ["trial", *RESULT_COLUMNS],
+            ["trial", *columns],
             [[r.number, *r.results()] for r in s.front],
         )
         _pareto_plot(s.trials, s.front, out_dir / "pareto_front.png")
@@ -275,13 +272,13 @@ def _pareto_plot(trials: list[Row], front: list[Row], path: Path) -> None:
 
     done = [r for r in trials if r.state == "COMPLETE" and r.target_seconds is not None]
     fig, ax = plt.subplots(figsize=(8, 5))
-    ax.scatter([r.target_seconds for r in done], [r.val_acc for r in done], c="0.6", label="trials")
-    xs, ys = [r.target_seconds for r in front], [r.val_acc for r in front]
+    ax.scatter([r.target_seconds for r in done], [r.value for r in done], c="0.6", label="trials")
+    xs, ys = [r.target_seconds for r in front], [r.value for r in front]
     ax.plot(xs, ys, "o-", color="C3", label="Pareto front")
     for r in front:
-        if r.val_ci is not None:
-            ax.errorbar(r.target_seconds, r.val_acc, yerr=r.val_ci, color="C3", capsize=3)
-        ax.annotate(f"#{r.number} {r.paradigm.name}", (r.target_seconds, r.val_acc), fontsize=8,
+        if r.ci is not None:
+            ax.errorbar(r.target_seconds, r.value, yerr=r.ci, color="C3", capsize=3)
+        ax.annotate(f"#{r.number} {r.paradigm.name}", (r.target_seconds, r.value), fontsize=8,
                     xytext=(4, 4), textcoords="offset points")  # fmt: skip
     ax.set_xscale("log")
     ax.set_xlabel("target stages: training seconds per repeat (log)")
@@ -302,7 +299,7 @@ def _plots(study: Any, best: dict[tuple[str, str], Row], out_dir: Path) -> None:
     if best:
         regimes, freezes = axes(best)
         grid = [
-            [best[(g, f)].val_acc if (g, f) in best else math.nan for f in freezes] for g in regimes
+            [best[(g, f)].value if (g, f) in best else math.nan for f in freezes] for g in regimes
         ]
         fig, ax = plt.subplots(figsize=(1.5 + 2.0 * len(freezes), 1.2 + 0.8 * len(regimes)))
         im = ax.imshow(grid, cmap="viridis", vmin=0, vmax=1, aspect="auto")
@@ -311,7 +308,7 @@ def _plots(study: Any, best: dict[tuple[str, str], Row], out_dir: Path) -> None:
         for i, g in enumerate(regimes):
             for j, f in enumerate(freezes):
                 r = best.get((g, f))
-                text = "-" if r is None else _pm(r.val_acc, r.val_ci).replace(" ± ", "\n± ")
+                text = "-" if r is None else _pm(r.value, r.ci).replace(" ± ", "\n± ")
                 text += "" if r is None else f"\nn={r.n}"
                 ax.text(
                     j,
@@ -319,10 +316,11 @@ def _plots(study: Any, best: dict[tuple[str, str], Row], out_dir: Path) -> None:
                     text,
                     ha="center",
                     va="center",
-                    color="k" if r is None or r.val_acc >= 0.6 else "w",
+                    color="k" if r is None or (r.value or 0.0) >= 0.6 else "w",
                     fontsize=9,
                 )
-        ax.set_title("best target val accuracy per paradigm (mean ± 95% CI)")
+        objective = next(iter(best.values())).objective
+        ax.set_title(f"best target {objective} per paradigm (mean ± 95% CI)")
         fig.colorbar(im, ax=ax, fraction=0.04)
         fig.tight_layout()
         fig.savefig(out_dir / "paradigm_heatmap.png", dpi=110)
@@ -365,11 +363,13 @@ def _description(s: Summary) -> str:
     return s.markdown[: MAX_TAG - len(tail)] + tail
 
 
-def log_to_parent(study: Any, parent: Any, confirmed: list[Row] | None = None) -> Summary:
+def log_to_parent(
+    study: Any, parent: Any, objective: str, confirmed: list[Row] | None = None
+) -> Summary:
     """Write the summary into the parent run: artifacts under summary/, headline metrics, the
     verdict as a tag and, with the tables, as the run's description (the MLflow run page)."""
     with tempfile.TemporaryDirectory() as tmp:
-        s = write(study, Path(tmp), confirmed)
+        s = write(study, Path(tmp), objective, confirmed)
         parent.log_dir(Path(tmp), "summary")
     parent.log_metrics(
         {
@@ -380,14 +380,16 @@ def log_to_parent(study: Any, parent: Any, confirmed: list[Row] | None = None) -
         }
     )
     if s.complete:
-        parent.log_metrics({"search_best_val_acc": max(r.val_acc for r in s.complete)})
+        best_value = max(r.value for r in s.complete if r.value is not None)
+        parent.log_metrics({f"search_best_{objective}": best_value})
     w = s.verdict.winner  # of the confirmation runs when there are any
     if w is not None:
+        test = w.est(w.on("test"))
         parent.log_metrics(
             {
-                "best_val_acc": w.val_acc,
-                "best_val_ci95": w.val_ci if w.val_ci is not None else math.nan,
-                "best_test_acc": w.test_acc if w.test_acc is not None else math.nan,
+                f"best_{objective}": w.value if w.value is not None else math.nan,
+                f"best_{objective}_ci95": w.ci if w.ci is not None else math.nan,
+                f"best_{w.on('test')}": test.mean if test is not None else math.nan,
                 "best_trial": w.number,
             }
         )

@@ -25,9 +25,10 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from transfersweep import tracking
+from transfersweep import scores, tracking
 from transfersweep.errors import TransferSweepError
 from transfersweep.paradigm import Paradigm
+from transfersweep.scores import Record
 from transfersweep.strategies import Strategy
 from transfersweep.sweep import confirm, identity, outcome, sampling, summary
 from transfersweep.sweep import space as space_mod
@@ -78,7 +79,7 @@ class TransferSweeperImpl(StockOptunaSweeper):
         confirm: Any = None,
         register_champion: bool = True,
         model_name: str | None = None,
-        objectives: Any = ("val_acc",),
+        objectives: Any = None,
         resume_changed: bool = False,
     ) -> None:
         # The hook is resolved here, not through hydra.utils.instantiate (Hydra 1.4 would warn).
@@ -94,7 +95,7 @@ class TransferSweeperImpl(StockOptunaSweeper):
         self._strategies: dict[Any, type[Strategy]] = {}
         self.confirm = ConfirmSettings(**(confirm or {}))
         self.register_champion, self.model_name = register_champion, model_name
-        self.objectives = list(objectives)
+        self.objectives: list[str] = list(objectives or [])  # [] until sweep(): trainer.objective
         self.resume_changed = resume_changed
         self.space_note: str | None = None  # why the space is narrower than configured
 
@@ -109,6 +110,7 @@ class TransferSweeperImpl(StockOptunaSweeper):
         if self.space_note:
             log.info("%s", self.space_note)
         space = self.search_space(arguments)
+        self.objectives = self.objectives or [str(self.config.trainer.objective)]
         self._check_settings()
         workers, parent = self._open(arguments, space)
         tally, status, batch, confirmed = Tally(), "FINISHED", [], None
@@ -190,7 +192,9 @@ class TransferSweeperImpl(StockOptunaSweeper):
         directions, objectives = self.directions(), self.objectives
         t, c = self.config.trainer, self.confirm
         problem = None
-        if c.top_k < 0 or c.repeats < 1 or c.first_repeat < 0:
+        if (bad := scores.objective_problem(t.objective)) is not None:
+            problem = bad
+        elif c.top_k < 0 or c.repeats < 1 or c.first_repeat < 0:
             problem = (
                 f"hydra.sweeper.confirm={c}: use top_k >= 0 (0 = off), repeats >= 1 and "
                 "first_repeat >= 0"
@@ -205,11 +209,12 @@ class TransferSweeperImpl(StockOptunaSweeper):
                 f"{t.first_repeat}..{t.first_repeat + t.repeats - 1}: confirmation needs fresh ones; "
                 f"set it to {t.first_repeat + t.repeats} or more"
             )
-        elif len(directions) != len(objectives) or objectives[0] != "val_acc":
+        elif len(directions) != len(objectives) or objectives[0] != t.objective:
             problem = (
                 f"hydra.sweeper.objectives={objectives} does not fit "
-                f"hydra.sweeper.direction={directions}: give one objective per direction, "
-                "val_acc first (e.g. objectives=[val_acc,target_seconds] direction=[maximize,minimize])"
+                f"hydra.sweeper.direction={directions} and trainer.objective={t.objective}: give "
+                f"one objective per direction, trainer.objective first (e.g. objectives="
+                f"[{t.objective},target_seconds] direction=[maximize,minimize])"
             )
         elif len(directions) > 1 and self.config.pruner.name != "none":
             problem = (
@@ -269,12 +274,16 @@ class TransferSweeperImpl(StockOptunaSweeper):
         if not isinstance(result, outcome.Complete) or len(self.objectives) == 1:
             return result
         attrs = workers.attrs(trial)
-        missing = [k for k in self.objectives[1:] if not isinstance(attrs.get(k), (int, float))]
+        record = Record.from_dict(attrs.get("record"))
+        found = {k: v for k, v in attrs.items() if isinstance(v, (int, float))}
+        if record is not None:  # any score by name: its mean over the repeats
+            found |= {k: e.mean for k in record.scores if (e := record.estimate(k)) is not None}
+        missing = [k for k in self.objectives[1:] if k not in found]
         if missing:
             return outcome.Failed(
                 f"the run reported no {', '.join(missing)} (hydra.sweeper.objectives)"
             )
-        return outcome.Complete(result.value, tuple(float(attrs[k]) for k in self.objectives[1:]))
+        return outcome.Complete(result.value, tuple(float(found[k]) for k in self.objectives[1:]))
 
     def _over_budget(self, tally: Tally, workers: Workers) -> bool:
         over = (
@@ -326,12 +335,13 @@ class TransferSweeperImpl(StockOptunaSweeper):
         )
         best = self._best_line(workers)
         if isinstance(result, outcome.Complete):
-            ci = attrs.get("val_ci95")
-            spread = f" ± {ci:.4f} (95% CI, n={attrs['repeats']})" if ci is not None else ""
+            record = Record.from_dict(attrs.get("record"))
+            e = record.estimate(self.objectives[0]) if record is not None else None
+            spread = f" ± {e.ci95:.4f} (95% CI, n={e.n})" if e and e.ci95 is not None else ""
             more = "".join(
                 f", {k} {v:.4g}" for k, v in zip(self.objectives[1:], result.more, strict=True)
             )
-            shown = f"val_acc {result.value:.4f}{spread}{more}"
+            shown = f"{self.objectives[0]} {result.value:.4f}{spread}{more}"
         elif isinstance(result, outcome.Pruned):
             shown = f"PRUNED {result.reason}"
         else:
@@ -348,7 +358,7 @@ class TransferSweeperImpl(StockOptunaSweeper):
         if isinstance(parent, tracking.NoRun):
             log.info("confirmation skipped: it reads its runs back from MLflow (tracking is off)")
             return None
-        best = summary.best_per_cell(summary.rows(workers.study))
+        best = summary.best_per_cell(summary.rows(workers.study, self.objectives[0]))
         strategy_of = functools.partial(self._strategy_of, space)
         return confirm.run(best, self.confirm, space, strategy_of, parent, self.launch) or None
 
@@ -393,7 +403,7 @@ class TransferSweeperImpl(StockOptunaSweeper):
             return
         try:
             if self.write_summary:
-                s = summary.log_to_parent(workers.study, parent, confirmed)
+                s = summary.log_to_parent(workers.study, parent, self.objectives[0], confirmed)
                 log.info("paradigm table (study %r):\n%s", workers.study_name, s.markdown)
                 log.info("MLflow: `make ui`, then %s", parent.ui_url())
                 if self.register_champion and status == "FINISHED" and s.verdict.winner:

@@ -123,4 +123,4 @@ class Pruning:
         if prune:
             import optuna
 
-            raise optuna.TrialPruned(f"pruned at epoch {epoch} (target val_acc {value:.4f})")
+            raise optuna.TrialPruned(f"pruned at epoch {epoch} (target val score {value:.4f})")

@@ -2,7 +2,7 @@
 
 Each paradigm is represented by its best trial (the search) or by its confirmation run
 (transfersweep.sweep.confirm, fresh repeats: no winner's curse). The winner has the highest
-mean target val accuracy; every other paradigm is compared with it on the repeats both have
+mean objective (trainer.objective, default val_acc); every other paradigm is compared with it on the repeats both have
 (same k-shot draw and seed) by a paired t-test, Holm-adjusted over the comparisons
 (transfersweep.stats). "Tied" means no significant difference at 5 %, not proof of equality.
 """
@@ -40,19 +40,20 @@ class Verdict:
 
 
 def _pm(r: Row) -> str:
-    if r.val_ci is None:
-        return f"val {r.val_acc:.3f}, n={r.n}"
-    return f"val {r.val_acc:.3f} ± {r.val_ci:.3f}, n={r.n}"
+    name = "val" if r.objective == "val_acc" else r.objective
+    if r.ci is None:
+        return f"{name} {r.value:.3f}, n={r.n}"
+    return f"{name} {r.value:.3f} ± {r.ci:.3f}, n={r.n}"
 
 
 def decide(rows: list[Row], source: str = "search") -> Verdict:
-    """The verdict over one row per paradigm (val means and per-repeat values)."""
-    rows = [r for r in rows if r.val_acc is not None]
+    """The verdict over one row per paradigm (the objective's means and per-repeat values)."""
+    rows = [r for r in rows if r.value is not None]
     if not rows:
         return Verdict(None)
-    winner = max(rows, key=lambda r: r.val_acc)
+    winner = max(rows, key=lambda r: r.value)  # type: ignore[arg-type,return-value]
     others = [r for r in rows if r is not winner]
-    tests = [stats.paired(winner.repeat_val, r.repeat_val) for r in others]
+    tests = [stats.paired(winner.values(), r.values()) for r in others]
     tested = [i for i, t in enumerate(tests) if t.p is not None]
     adjusted = dict(zip(tested, stats.holm([tests[i].p for i in tested]), strict=True))
     comparisons = [Comparison(winner, stats.Paired(winner.n, 0.0, None), None, "winner")]
@@ -80,7 +81,7 @@ def _text(v: Verdict) -> str:
     if by["tied"]:
         tied = ", ".join(
             f"{c.row.paradigm.name} (p={c.p_holm:.2g})"
-            for c in sorted(by["tied"], key=lambda c: -c.row.val_acc)
+            for c in sorted(by["tied"], key=lambda c: -(c.row.value or 0.0))
         )
         parts.append(f"tied with it: {tied}")
     else:

@@ -1,0 +1,105 @@
+"""Scores by name: the metrics against scikit-learn's, the Record's one format, and the
+objective (trainer.objective) driving a run end to end."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
+
+from conftest import FAST, cli, compose, runs
+from transfersweep import scores
+from transfersweep.scores import Record
+
+
+@pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")
+@pytest.mark.parametrize("seed", range(5))
+def test_metrics_are_scikit_learns(seed):
+    g = torch.Generator().manual_seed(seed)
+    n_classes = 5
+    target = torch.randint(0, n_classes - 1, (60,), generator=g)  # class 4 never true
+    pred = torch.where(torch.rand(60, generator=g) < 0.6, target, torch.randint(0, 5, (60,)))
+    got = scores.of_confusion(scores.confusion(pred, target, n_classes))
+    assert got["acc"] == pytest.approx(accuracy_score(target, pred))
+    assert got["balanced_acc"] == pytest.approx(balanced_accuracy_score(target, pred))
+    assert got["macro_f1"] == pytest.approx(f1_score(target, pred, average="macro"))
+
+
+def test_record_round_trips_and_estimates():
+    r = Record([0, 1, 2], ["a", "b", "c"], [1.0, 2.0, 3.0], {"val_acc": [0.5, 0.6, 0.7]})
+    assert Record.from_dict(json.loads(json.dumps(r.to_dict()))) == r
+    assert r.values("val_acc") == {0: 0.5, 1: 0.6, 2: 0.7}
+    assert r.estimate("val_acc").mean == pytest.approx(0.6) and r.estimate("test_acc") is None
+    assert Record.from_dict(None) is None and Record.from_dict({}) is None
+
+
+def test_an_unknown_objective_is_refused_before_anything_runs(tmp_path):
+    for args in ([], ["-m", "sweep=paradigm"]):
+        res = cli(
+            [*args, *FAST, "trainer.objective=val_f1", f"paths.outputs={tmp_path}"], cwd=tmp_path
+        )
+        assert res.returncode == 2, res.stderr[-2000:]
+        out = res.stdout + res.stderr
+        assert "trainer.objective=val_f1 is not a known objective" in out
+        assert "val_acc, val_balanced_acc, val_macro_f1" in out
+    assert not (tmp_path / "mlflow.db").exists() or not runs(tmp_path)[1]  # nothing logged
+
+
+def test_the_objective_picks_the_best_epoch_and_is_what_the_run_returns(outputs):
+    from transfersweep import train
+
+    args = [*FAST, "regime=target_only", "trainer.repeats=2", "trainer.target_epochs=4"]
+    value = train.run(compose([*args, "trainer.objective=val_macro_f1"], outputs))
+    client, (r,) = runs(outputs)
+    record = json.load(open(client.download_artifacts(r.info.run_id, "summary.json", str(outputs))))
+    assert record["objective"] == "val_macro_f1"
+    f1 = record["record"]["scores"]["val_macro_f1"]
+    assert value == pytest.approx(sum(f1) / 2)  # the mean of the objective over the repeats
+    assert set(record["record"]["scores"]) == {
+        f"{split}_{m}" for split in ("val", "test") for m in scores.METRICS
+    }
+    # each stage's best epoch is its best val macro-F1 (first of equals), not its best accuracy
+    for prefix, repeat_f1 in zip(("target", "target_r1"), f1, strict=True):
+        per_epoch = {
+            h.step: h.value
+            for h in client.get_metric_history(r.info.run_id, f"{prefix}/val_macro_f1")
+        }
+        best = max(per_epoch, key=lambda e: (per_epoch[e], -e))
+        assert r.data.metrics[f"{prefix}/best_epoch"] == best
+        assert r.data.metrics[f"{prefix}/best_val_macro_f1"] == pytest.approx(per_epoch[best])
+        assert repeat_f1 == pytest.approx(per_epoch[best])  # the record scores those weights
+
+
+@pytest.mark.slow
+def test_a_sweep_ranks_reports_and_registers_by_the_objective(tmp_path):
+    import optuna
+
+    from conftest import sweep_parent
+
+    res = cli(
+        ["-m", "sweep=grid", *FAST, "trainer.objective=val_balanced_acc", "trainer.repeats=3",
+         "regime=target_only", "search.strategies=[last_layer,full]",
+         "hydra.sweeper.study_name=bal", f"paths.outputs={tmp_path}"],
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    study = optuna.load_study(study_name="bal", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    means = {}
+    for t in study.trials:
+        record = Record.from_dict(t.user_attrs["record"])
+        assert t.value == pytest.approx(record.estimate("val_balanced_acc").mean)  # Optuna's
+        means[t.user_attrs["paradigm"]["strategy"]] = t.value
+    client, found = runs(tmp_path)
+    parent = sweep_parent(found)
+    page = parent.data.tags["mlflow.note.content"]
+    assert "Target val_balanced_acc of each paradigm's best trial" in page
+    assert "test_balanced_acc of the same trial" in page
+    best = max(means, key=means.get)
+    assert parent.data.tags["verdict"].startswith(f"target_only+{best}")
+    assert parent.data.metrics["search_best_val_balanced_acc"] == pytest.approx(means[best])
+    assert "val_balanced_acc" in res.stdout + res.stderr  # the progress lines name it
+    version = client.get_model_version("bal", "1")
+    assert version.tags["objective"] == "val_balanced_acc"
+    assert float(version.tags["val_balanced_acc"]) == pytest.approx(means[best], abs=1e-4)
