@@ -4,6 +4,7 @@ objective (trainer.objective) driving a run end to end."""
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import pytest
 import torch
@@ -103,3 +104,61 @@ def test_a_sweep_ranks_reports_and_registers_by_the_objective(tmp_path):
     version = client.get_model_version("bal", "1")
     assert version.tags["objective"] == "val_balanced_acc"
     assert float(version.tags["val_balanced_acc"]) == pytest.approx(means[best], abs=1e-4)
+
+
+def test_a_held_out_shifted_val_set_can_be_the_objective_apart_from_the_ood_test_set(outputs):
+    from transfersweep import data as data_mod
+    from transfersweep import train
+
+    base = [*FAST, "regime=target_only", "data.target.ood=invert"]
+    cfg = compose([*base, "data.target.ood_val=true"], outputs)
+    target = data_mod.build(cfg, need_source=False).target
+    # a shift: the shifted val split beside the shifted test split (never a test image)
+    assert torch.equal(target.ood_val.labels, target.val.labels)
+    assert torch.equal(target.ood_val.images, 255 - target.val.images)
+    assert torch.equal(target.ood.images, 255 - target.test.images)
+
+    value = train.run(compose([*base, "data.target.ood_val=true",
+                               "trainer.objective=ood_val_acc", "trainer.repeats=2"], outputs))  # fmt: skip
+    client, (r,) = runs(outputs)
+    summary = json.load(
+        open(client.download_artifacts(r.info.run_id, "summary.json", str(outputs)))
+    )
+    got = summary["record"]["scores"]
+    assert {"ood_val_acc", "ood_val_macro_f1", "ood_acc", "val_acc"} <= set(got)
+    assert value == pytest.approx(sum(got["ood_val_acc"]) / 2)  # the run's objective
+    assert r.data.metrics["ood_val_acc"] == pytest.approx(value)
+    assert "target/best_val_acc" in r.data.metrics  # epochs are still chosen in distribution
+
+
+def test_another_set_is_halved_into_a_shifted_val_set_and_the_ood_test_set(outputs):
+    from transfersweep import data as data_mod
+
+    args = [*FAST, "data=mnist", "data.target.ood=digits"]
+    whole = data_mod.build(compose(args, outputs), need_source=False).target.ood
+    target = data_mod.build(compose([*args, "data.target.ood_val=true"], outputs), False).target
+    assert len(target.ood_val) + len(target.ood) == len(whole)
+    for c in whole.labels.unique():  # stratified: each class split in half
+        n = int((whole.labels == c).sum())
+        assert int((target.ood_val.labels == c).sum()) == n // 2
+
+    def images(s):
+        return Counter(x.numpy().tobytes() for x in s.images)
+
+    assert images(target.ood_val) + images(target.ood) == images(whole)  # disjoint halves
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["trainer.objective=ood_val_acc"], "data.target.ood_val=true"),
+        (["trainer.objective=ood_val_acc", "data.target.ood=invert"], "data.target.ood_val=true"),
+        (["data.source.ood_val=true"], "use data.target.ood_val"),
+    ],
+)
+def test_a_shifted_val_objective_without_its_set_is_refused(args, message, outputs):
+    from transfersweep import train
+    from transfersweep.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        train.run(compose([*FAST, *args], outputs))

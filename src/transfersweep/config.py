@@ -59,6 +59,12 @@ class DatasetConfig:
     ood: str | None = None
     ood_severity: float = 1.0
     ood_root: str | None = None
+    # Target only: hold out a shifted *validation* set too (scores ood_val_*, which
+    # trainer.objective may name: select on robustness, as AutoFT does), kept apart from the
+    # ood test set: with a shift, the shifted copy of the val split; with another set or a
+    # folder, half of its images (stratified, seeded by data.split_seed), the other half
+    # staying the ood test set.
+    ood_val: bool = False
     # An input-level shift of every image of this side (all splits; same shifts and severity
     # scale as `ood`): e.g. data.target.shift=invert makes the target task inverted digits, the
     # setting where BatchNorm adaptation and surgical fine-tuning of early blocks are studied.
@@ -431,7 +437,13 @@ def validate(cfg: DictConfig) -> None:
         "choose both (k-shot draw and seed), seed or draw",
     )
     _check(t.first_repeat >= 0, "trainer.first_repeat", t.first_repeat, "use 0 or more")
-    scores.check_objective(t.objective)
+    scores.check_objective(t.objective, t_)
+    _check(
+        not d.source.ood_val,
+        "data.source.ood_val",
+        d.source.ood_val,
+        "a shifted validation set is for the target: use data.target.ood_val",
+    )
     _check(o.lr > 0, "optimizer.lr", o.lr, "use a positive learning rate")
     _check(o.source_lr > 0, "optimizer.source_lr", o.source_lr, "use a positive learning rate")
     _check(o.weight_decay >= 0, "optimizer.weight_decay", o.weight_decay, "use 0 or more")

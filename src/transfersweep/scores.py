@@ -1,11 +1,14 @@
 """Scores by name: what a run measures on each split, and which one is the objective.
 
-Every split a repeat is scored on (val, test, and ood when data.target.ood is set) gets every
-metric in METRICS, named `<split>_<metric>`: val_acc, val_balanced_acc, test_macro_f1, ood_acc,
-... The objective (`trainer.objective`) is one of the val names, read here and nowhere else:
-it chooses each stage's best epoch, feeds the pruner, is the value Optuna optimises, and ranks
-the sweep's tables, verdict, confirmation, champion and Pareto front. Test and ood scores are
-reported beside it, never selected on.
+Every split a repeat is scored on (val, test; ood when data.target.ood is set; ood_val when
+data.target.ood_val holds a shifted validation set out) gets every metric in METRICS, named
+`<split>_<metric>`: val_acc, val_balanced_acc, test_macro_f1, ood_acc, ood_val_acc, ...
+The objective (`trainer.objective`) is a val or ood_val name, read here and nowhere else: its
+metric on val chooses each stage's best epoch and feeds the pruner, and the objective itself
+is the value Optuna optimises and what the sweep's tables, verdict, confirmation, champion
+and Pareto front rank by. An ood_val objective ranks runs on robustness, as AutoFT selects
+hyperparameters on held-out shifted data, while epochs are still chosen in distribution.
+Test and ood scores are reported beside it, never selected on.
 
 A run's per-repeat scores are one Record, written once (transfersweep.results: the Optuna
 trial's `record` attribute and summary.json carry the same dict) and read back by
@@ -25,29 +28,48 @@ if TYPE_CHECKING:  # torch is imported by the code that has tensors (sweeps read
     import torch
 
 METRICS = ("acc", "balanced_acc", "macro_f1")
-SPLITS = ("val", "test", "ood")
-OBJECTIVES = tuple(f"val_{m}" for m in METRICS)  # what trainer.objective may name
+# ood_val: the held-out shifted validation set (data.target.ood_val), apart from the ood test set
+SPLITS = ("val", "ood_val", "test", "ood")
+OBJECTIVES = tuple(f"{s}_{m}" for s in ("val", "ood_val") for m in METRICS)  # trainer.objective
 SUMMARY = "summary.json"  # a run's artifact: its estimates, and its Record under "record"
 
 
-def objective_problem(name: str) -> str | None:
-    if name in OBJECTIVES:
-        return None
-    return (
-        f"trainer.objective={name} is not a known objective: choose one of "
-        f"{', '.join(OBJECTIVES)} (test and ood scores are reported, never optimised)"
-    )
+def objective_problem(name: str, target: Any = None) -> str | None:
+    """Why trainer.objective=`name` cannot be optimised (None: it can). `target`:
+    data.target, whose held-out shifted validation set an ood_val_* objective needs."""
+    if name not in OBJECTIVES:
+        return (
+            f"trainer.objective={name} is not a known objective: choose one of "
+            f"{', '.join(OBJECTIVES)} (test and ood scores are reported, never optimised)"
+        )
+    if name.startswith("ood_val_") and target is not None:
+        if not (target.ood_val and (target.ood or target.ood_root)):
+            return (
+                f"trainer.objective={name} scores the held-out shifted validation set: give "
+                "data.target.ood=<shift or set> (or data.target.ood_root) and "
+                "data.target.ood_val=true"
+            )
+    return None
 
 
-def check_objective(name: str) -> None:
-    if (problem := objective_problem(name)) is not None:
+def check_objective(name: str, target: Any = None) -> None:
+    if (problem := objective_problem(name, target)) is not None:
         raise ConfigError(problem)
 
 
-def metric(objective: str) -> str:
-    """The metric an objective scores on every split: val_balanced_acc -> balanced_acc."""
-    check_objective(objective)
-    return objective.removeprefix("val_")
+def split_of(name: str) -> str:
+    """The split a score name is on: ood_val_acc -> ood_val, test_macro_f1 -> test."""
+    return next(s for s in sorted(SPLITS, key=len, reverse=True) if name.startswith(f"{s}_"))
+
+
+def metric(name: str) -> str:
+    """The metric of a score name: val_balanced_acc -> balanced_acc, ood_val_acc -> acc."""
+    return name.removeprefix(f"{split_of(name)}_")
+
+
+def on(name: str, split: str) -> str:
+    """The same metric on another split: on("val_macro_f1", "test") -> test_macro_f1."""
+    return f"{split}_{metric(name)}"
 
 
 def confusion(pred: torch.Tensor, target: torch.Tensor, n_classes: int) -> torch.Tensor:

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from transfersweep import engine, features, freezing
+from transfersweep import engine, features, freezing, scores
 from transfersweep.data import Batches
 from transfersweep.inputs import Inputs
 from transfersweep.regime import Stage
@@ -39,6 +39,11 @@ def _scales_for(
         return scales
     by_id = {id(p): scales[n] for n, p in model.named_parameters() if n in scales}
     return {n: by_id[id(p)] for n, p in fit_model.named_parameters() if id(p) in by_id}
+
+
+def _selected(cfg: DictConfig) -> str:
+    """The score each stage's best epoch is chosen on: the objective's metric on val."""
+    return scores.on(cfg.trainer.objective, "val")
 
 
 @dataclass
@@ -81,7 +86,7 @@ def run(
         best = replace(best, best_state=_cpu_state(model))
     mlrun.log_metrics(
         {
-            f"{prefix}/best_{cfg.trainer.objective}": best.best_val,
+            f"{prefix}/best_{_selected(cfg)}": best.best_val,
             f"{prefix}/best_epoch": best.best_epoch,
         }
     )
@@ -118,7 +123,7 @@ def _phases(
         metrics = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_s")
         values = {f"{prefix}/{m}": getattr(st, m) for m in metrics}
         values[f"{prefix}/params_trainable"] = trainable  # per epoch: gradual unfreezing moves it
-        values[f"{prefix}/{cfg.trainer.objective}"] = st.val_score  # what picks the best epoch
+        values[f"{prefix}/{_selected(cfg)}"] = st.val_score  # what picks the best epoch
         mlrun.log_metrics(values, step=st.epoch)
         if report is not None:
             report(st.val_score, st.epoch)  # the objective's metric; may raise TrialPruned
@@ -330,7 +335,7 @@ def _pretrain_stage(
             mlrun.set_tags(
                 {f"{stage.name}/reused_from": meta["run_id"], f"{stage.name}/cache_key": key}
             )
-            mlrun.log_metrics({f"{stage.name}/best_{cfg.trainer.objective}": meta["best_val"]})
+            mlrun.log_metrics({f"{stage.name}/best_{_selected(cfg)}": meta["best_val"]})
             return
         result = run(inputs, cfg, stage, stage.name, cfg.seed + i, mlrun, checkpoint=checkpoint)
         entry.store(result.best_state, {"run_id": mlrun.run_id, "best_val": result.best_val})
@@ -386,14 +391,15 @@ def repeat(
 
 def score(inputs: Inputs, cfg: DictConfig, final: Stage) -> dict[str, float]:
     """Every score of the model as it stands (the last stage's best epoch) by name
-    (transfersweep.scores): every metric on the target's val and test splits, and on the
-    out-of-distribution set when data.target.ood is set (reported, never optimised). Val is
-    scored again on the whole model, which is what the checkpoint and the champion are."""
-    from transfersweep import scores
-
+    (transfersweep.scores): every metric on the target's val and test splits, on the
+    out-of-distribution set when data.target.ood is set (reported, never optimised) and on the
+    held-out shifted validation set (data.target.ood_val). Val is scored again on the whole
+    model, which is what the checkpoint and the champion are."""
     target = inputs.data.target
     out: dict[str, float] = {}
-    for split in ("val", "test", "ood") if target.ood is not None else ("val", "test"):
+    for split in scores.SPLITS:
+        if split in ("ood", "ood_val") and getattr(target, split) is None:
+            continue
         batches = inputs.data.eval_batches(final.data, split, cfg)
         _, by_metric = engine.evaluate(
             inputs.model, batches, inputs.preprocess, inputs.runtime, len(target.classes)

@@ -37,7 +37,7 @@ register_schemas()
 
 def run(cfg: DictConfig) -> float:
     """Run one paradigm; returns the objective (trainer.objective): its mean over repeats."""
-    from transfersweep import inputs, resume, tracking
+    from transfersweep import inputs, resume, scores, tracking
     from transfersweep.memory import memory_guard
     from transfersweep.sweep.trial import TrialLink
 
@@ -62,8 +62,10 @@ def run(cfg: DictConfig) -> float:
             with nullcontext(early) if early else track() as mlrun:
                 out = memory_guard(cfg, "training", train, ready, cfg, paradigm, link, mlrun, state)
     where = f"MLflow run {mlrun.run_id} in {tracking.redact(mlrun.uri)} -> `make ui`, then {mlrun.ui_url()}"
-    shown = [out.objective, out.objective.replace("val_", "test_", 1)]
-    shown += [n for n in (out.objective.replace("val_", "ood_", 1),) if n in out.record.scores]
+    shown = [out.objective] + [
+        n for s in ("val", "test", "ood") if (n := scores.on(out.objective, s)) in out.record.scores
+    ]
+    shown = list(dict.fromkeys(shown))  # the objective first, then its metric elsewhere
     log.info(
         "done: %s | %s on %s | target %s | %.0fs | %s",
         paradigm, cfg.backbone.name, cfg.data.name,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+import torch
 from omegaconf import DictConfig
 
 from transfersweep.config import OOD_SETS, StageData
@@ -105,6 +106,8 @@ def build(cfg: DictConfig, need_source: bool, mi: ModelInput | None = None) -> T
 
     target = side("target")
     target.ood = _ood(d, target, mi)
+    if d.target.ood_val and target.ood is not None:
+        target.ood_val, target.ood = _hold_out_ood_val(d, target)
     return TransferData(
         target=target,
         source=side("source") if need_source else None,
@@ -134,6 +137,29 @@ def _ood(d: DictConfig, target: Splits, mi: ModelInput) -> ImageSet | None:
         )
         return _whole(pool)
     return None
+
+
+def _hold_out_ood_val(d: DictConfig, target: Splits) -> tuple[ImageSet, ImageSet]:
+    """(shifted validation set, ood test set), disjoint: under a shift, the shifted copy of
+    the val split beside the shifted test split; otherwise half of each class of the other
+    set or folder (seeded by data.split_seed), the other half staying the ood test set."""
+    t = d.target
+    assert target.ood is not None
+    if t.ood and t.ood not in OOD_SETS:  # a shift: the val split's images, never the test's
+        val = _shifted(
+            target.val, t.ood, t.ood_severity, d.split_seed, f"data.target.ood={t.ood}",
+            "the target val split", "give data.target.ood_root=<folder of shifted images>",
+        )  # fmt: skip
+        return val, target.ood
+    gen = torch.Generator().manual_seed(d.split_seed)
+    labels, halves = target.ood.labels, ([], [])
+    for c in labels.unique().tolist():
+        members = torch.nonzero(labels == c).flatten()
+        members = members[torch.randperm(len(members), generator=gen)]
+        halves[0].append(members[: len(members) // 2])
+        halves[1].append(members[len(members) // 2 :])
+    val, test = (torch.sort(torch.cat(h)).values for h in halves)
+    return target.ood.subset(val), target.ood.subset(test)
 
 
 def _shifted(

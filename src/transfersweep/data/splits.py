@@ -36,6 +36,7 @@ class Splits:
     seed: int = 0
     draw_id: int = 0
     ood: ImageSet | None = None  # out-of-distribution test images (data.target.ood / ood_root)
+    ood_val: ImageSet | None = None  # held-out shifted validation images (data.target.ood_val)
 
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}

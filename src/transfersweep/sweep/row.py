@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from transfersweep import stats
+from transfersweep import scores, stats
 from transfersweep.paradigm import Paradigm
 from transfersweep.scores import Record
 
@@ -58,26 +58,29 @@ class Row:
 
     def on(self, split: str) -> str:
         """The objective's metric on another split: val_macro_f1 -> test_macro_f1."""
-        return f"{split}_{self.objective.removeprefix('val_')}"
+        return scores.on(self.objective, split)
 
     def results(self) -> list[Any]:
         """The values of result_columns(objective), which both CSVs carry."""
         out: list[Any] = [self.paradigm.name]
-        for split, parts in _SCORED:
+        for split, parts in _scored(self.objective):
             e = self.est(self.on(split))
             out += [None if e is None else getattr(e, p) for p in parts]
         return out + [self.n, self.target_seconds, self.run_id]
 
 
-_SCORED = [("val", ("mean", "std", "ci95")), ("test", ("mean", "std", "ci95")),
-           ("ood", ("mean", "ci95"))]  # fmt: skip
+def _scored(objective: str) -> list[tuple[str, tuple[str, ...]]]:
+    """The splits both CSVs show, the objective's first, and which parts of each estimate."""
+    first = scores.split_of(objective)
+    rest = [s for s in ("val", "test", "ood") if s != first]
+    return [(first, ("mean", "std", "ci95")), (rest[0], ("mean", "std", "ci95")),
+            (rest[1], ("mean", "ci95"))]  # fmt: skip
 
 
 def result_columns(objective: str) -> list[str]:
-    """CSV header: the objective (val_acc, ...) and the same metric on test and ood."""
-    metric = objective.removeprefix("val_")
+    """CSV header: the objective (val_acc, ...) and the same metric on the other splits."""
     out = ["paradigm"]
-    for split, parts in _SCORED:
-        name = f"{split}_{metric}"
+    for split, parts in _scored(objective):
+        name = scores.on(objective, split)
         out += [name if p == "mean" else f"{name}_{p}" for p in parts]
     return out + ["n", "target_seconds", "run_id"]

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from transfersweep import scores
 from transfersweep.paradigm import Paradigm
 from transfersweep.scores import Record
 from transfersweep.sweep import verdict as verdict_mod
@@ -92,7 +93,7 @@ def _cell(r: Row, status: str | None) -> str:
 
 
 def header(objective: str) -> str:
-    on_test = objective.replace("val_", "test_", 1)
+    on_test = scores.on(objective, "test")
     return (
         f"Target {objective} of each paradigm's best trial in the search ({on_test} of the same "
         "trial in brackets): mean ± 95 % CI half-width over n repeats (k-shot draws and seeds)."
@@ -126,7 +127,7 @@ def table_markdown(best: dict[tuple[str, str], Row], verdict: Any = None) -> str
 
 def confirmation_markdown(verdict: Any) -> str:
     objective = verdict.comparisons[0].row.objective if verdict.comparisons else "val_acc"
-    on_test = objective.replace("val_", "test_", 1)
+    on_test = scores.on(objective, "test")
     lines = [
         "Confirmation: the best configuration of the top paradigms re-run on fresh repeats "
         "(draws and seeds the search never used); these numbers decide the verdict.",

@@ -192,7 +192,7 @@ class TransferSweeperImpl(StockOptunaSweeper):
         directions, objectives = self.directions(), self.objectives
         t, c = self.config.trainer, self.confirm
         problem = None
-        if (bad := scores.objective_problem(t.objective)) is not None:
+        if (bad := scores.objective_problem(t.objective, self.config.data.target)) is not None:
             problem = bad
         elif c.top_k < 0 or c.repeats < 1 or c.first_repeat < 0:
             problem = (
