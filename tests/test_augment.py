@@ -108,8 +108,8 @@ def test_augmented_run_trains_and_keys_pretrain_reuse_on_the_settings(outputs):
     ],
 )
 def test_bad_augment_settings_are_named_before_anything_runs(outputs, override, bad):
-    from transfersweep.config import validate
     from transfersweep.errors import ConfigError
+    from transfersweep.validation import validate
 
     cfg = compose([*FAST, "data.augment=true", override], outputs)
     with pytest.raises(ConfigError, match=bad.replace("[", r"\[").replace("]", r"\]")):

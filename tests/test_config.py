@@ -10,8 +10,8 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
 from conftest import CONF, ROOT, cli, compose
-from transfersweep.config import validate
 from transfersweep.errors import ConfigError
+from transfersweep.validation import validate
 
 GROUPS = ["backbone", "data", "regime", "freeze", "optimizer", "trainer", "tracking"]
 

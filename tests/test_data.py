@@ -258,8 +258,8 @@ def test_ood_root_is_scored_in_the_targets_classes(image_folder):
     ],
 )
 def test_bad_ood_settings_are_config_errors(overrides, message):
-    from transfersweep.config import validate
     from transfersweep.errors import ConfigError
+    from transfersweep.validation import validate
 
     with pytest.raises(ConfigError, match=re.escape(message)):
         validate(compose(overrides))

@@ -14,9 +14,9 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from transfersweep.config import validate
 from transfersweep.errors import ConfigError
 from transfersweep.regime import Stage
+from transfersweep.validation import validate
 
 log = logging.getLogger("transfersweep")
 

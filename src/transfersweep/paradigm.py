@@ -32,7 +32,7 @@ class Paradigm:
     def from_cfg(cls, config: DictConfig) -> Paradigm:
         """The configured paradigm. A freeze setting that does not check out still gets a name
         (its strategy's), so a trial that fails on it is named; the error comes from
-        config.validate."""
+        validation.validate."""
         from transfersweep import strategies
         from transfersweep.errors import ConfigError
 

@@ -16,6 +16,9 @@ the run finishes (or is pruned, or fails on an error a re-run would repeat); an 
 kill keeps them. Every epoch is replayed exactly: the MLflow run is continued (transfersweep.
 tracking.start), the pruner gets the resumed trial's earlier reports again, and on the same
 device and threads the resumed run ends with the metrics of an uninterrupted one.
+
+(Over 400 lines: one class each mirrors train / stage / fit, and the format and its atomic
+writes live here too; turning the mirrors into a hook the loop calls is planned.)
 """
 
 from __future__ import annotations

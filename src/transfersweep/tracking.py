@@ -6,6 +6,9 @@ trial. Metrics go out in one `log_batch` per epoch (off the hot path).
 
 Default store: `sqlite:///<abs paths.outputs>/mlflow.db`, artifacts under
 `<paths.outputs>/mlartifacts`; absolute, so every Hydra job dir shares them.
+
+(Over 400 lines: a run's MLflow calls are all here, behind one client and one error policy;
+elsewhere only the champion's registration and predict's model loading speak to MLflow.)
 """
 
 from __future__ import annotations

@@ -69,6 +69,13 @@ class Row:
         return out + [self.n, self.target_seconds, self.run_id]
 
 
+def pm(mean: float | None, ci: float | None) -> str:
+    """0.835 ± 0.059 (mean ± 95 % CI half-width), the mean alone without a CI, - for none."""
+    if mean is None:
+        return "-"
+    return f"{mean:.3f} ± {ci:.3f}" if ci is not None else f"{mean:.3f}"
+
+
 def _scored(objective: str) -> list[tuple[str, tuple[str, ...]]]:
     """The splits both CSVs show, the objective's first, and which parts of each estimate."""
     first = scores.split_of(objective)

@@ -1,9 +1,9 @@
-"""Sweep reporting: the regime x strategy paradigm table, heatmap, history and importances.
+"""Sweep reporting: the regime x strategy paradigm table, CSVs, Pareto front and verdict.
 
 Reads the Optuna study (params + the user attributes each trial attached: its Record of
 per-repeat scores, paradigm, MLflow run id) and writes everything into the sweep's parent
 MLflow run under `summary/`. Every number shown is the objective (trainer.objective) unless
-named otherwise. PNGs only: plotly HTML would fetch plotly from the internet when opened.
+named otherwise. The PNGs are drawn by transfersweep.sweep.plots.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import csv
 import logging
 import math
 import tempfile
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,8 +19,9 @@ from typing import Any
 from transfersweep import scores
 from transfersweep.paradigm import Paradigm
 from transfersweep.scores import Record
+from transfersweep.sweep import plots
 from transfersweep.sweep import verdict as verdict_mod
-from transfersweep.sweep.row import Row, result_columns
+from transfersweep.sweep.row import Row, pm, result_columns
 
 log = logging.getLogger(__name__)
 
@@ -65,15 +65,9 @@ def axes(best: dict[tuple[str, str], Row]) -> tuple[list[str], list[str]]:
     return regimes, catalogue + sorted(present - set(catalogue))
 
 
-def _pm(mean: float | None, ci: float | None) -> str:
-    if mean is None:
-        return "-"
-    return f"{mean:.3f} ± {ci:.3f}" if ci is not None else f"{mean:.3f}"
-
-
 def _score(r: Row, name: str) -> str:
     e = r.est(name)
-    return "-" if e is None else _pm(e.mean, e.ci95)
+    return "-" if e is None else pm(e.mean, e.ci95)
 
 
 def _test(r: Row) -> str:
@@ -86,7 +80,7 @@ def _cell(r: Row, status: str | None) -> str:
     variant = r.paradigm.variant if r.paradigm.variant != r.paradigm.strategy else ""
     mark = f" **{status}**" if status in ("winner", "tied") else ""
     return (
-        f"{_pm(r.value, r.ci)} ({_test(r)}) n={r.n} #{r.number}"
+        f"{pm(r.value, r.ci)} ({_test(r)}) n={r.n} #{r.number}"
         + (f" {variant}" if variant else "")
         + mark
     )
@@ -139,7 +133,7 @@ def confirmation_markdown(verdict: Any) -> str:
         r = c.row
         p = "-" if c.p_holm is None else f"{c.p_holm:.3g}"
         lines.append(
-            f"| {r.paradigm.name} | {_pm(r.value, r.ci)} | {_test(r)} | "
+            f"| {r.paradigm.name} | {pm(r.value, r.ci)} | {_test(r)} | "
             f"{r.n} | {p} | {c.status} | {r.run_id} |"
         )
     return "\n".join(lines) + "\n"
@@ -218,7 +212,7 @@ def pareto_markdown(front: list[Row]) -> str:
     for r in front:
         secs = "-" if r.target_seconds is None else f"{r.target_seconds:.1f}"
         lines.append(
-            f"| #{r.number} | {r.paradigm.name} | {_pm(r.value, r.ci)} | "
+            f"| #{r.number} | {r.paradigm.name} | {pm(r.value, r.ci)} | "
             f"{_score(r, r.on('test'))} | {r.n} | {secs} |"
         )
     return "\n".join(lines) + "\n"
@@ -258,99 +252,10 @@ def write(study: Any, out_dir: Path, objective: str, confirmed: list[Row] | None
             ["trial", *columns],
             [[r.number, *r.results()] for r in s.front],
         )
-        _pareto_plot(s.trials, s.front, out_dir / "pareto_front.png")
+        plots.pareto(s.trials, s.front, out_dir / "pareto_front.png")
     (out_dir / "verdict.txt").write_text(s.verdict.text + "\n", encoding="utf-8")
-    _plots(study, s.best, out_dir)
+    plots.paradigms(study, s.best, axes(s.best), out_dir)
     return s
-
-
-def _pareto_plot(trials: list[Row], front: list[Row], path: Path) -> None:
-    """Every completed trial (accuracy against cost), the front joined and labelled."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    done = [r for r in trials if r.state == "COMPLETE" and r.target_seconds is not None]
-    fig, ax = plt.subplots(figsize=(8, 5))
-    ax.scatter([r.target_seconds for r in done], [r.value for r in done], c="0.6", label="trials")
-    xs, ys = [r.target_seconds for r in front], [r.value for r in front]
-    ax.plot(xs, ys, "o-", color="C3", label="Pareto front")
-    for r in front:
-        if r.ci is not None:
-            ax.errorbar(r.target_seconds, r.value, yerr=r.ci, color="C3", capsize=3)
-        ax.annotate(f"#{r.number} {r.paradigm.name}", (r.target_seconds, r.value), fontsize=8,
-                    xytext=(4, 4), textcoords="offset points")  # fmt: skip
-    ax.set_xscale("log")
-    ax.set_xlabel("target stages: training seconds per repeat (log)")
-    ax.set_ylabel("target val accuracy (mean, 95% CI)")
-    ax.set_title("accuracy against training cost")
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def _plots(study: Any, best: dict[tuple[str, str], Row], out_dir: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    if best:
-        regimes, freezes = axes(best)
-        grid = [
-            [best[(g, f)].value if (g, f) in best else math.nan for f in freezes] for g in regimes
-        ]
-        fig, ax = plt.subplots(figsize=(1.5 + 2.0 * len(freezes), 1.2 + 0.8 * len(regimes)))
-        im = ax.imshow(grid, cmap="viridis", vmin=0, vmax=1, aspect="auto")
-        ax.set_xticks(range(len(freezes)), freezes)
-        ax.set_yticks(range(len(regimes)), regimes)
-        for i, g in enumerate(regimes):
-            for j, f in enumerate(freezes):
-                r = best.get((g, f))
-                text = "-" if r is None else _pm(r.value, r.ci).replace(" ± ", "\n± ")
-                text += "" if r is None else f"\nn={r.n}"
-                ax.text(
-                    j,
-                    i,
-                    text,
-                    ha="center",
-                    va="center",
-                    color="k" if r is None or (r.value or 0.0) >= 0.6 else "w",
-                    fontsize=9,
-                )
-        objective = next(iter(best.values())).objective
-        ax.set_title(f"best target {objective} per paradigm (mean ± 95% CI)")
-        fig.colorbar(im, ax=ax, fraction=0.04)
-        fig.tight_layout()
-        fig.savefig(out_dir / "paradigm_heatmap.png", dpi=110)
-        plt.close(fig)
-
-    import optuna
-    from optuna.visualization import matplotlib as ovm
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # optuna's matplotlib backend is "experimental"
-        try:
-            ax = ovm.plot_optimization_history(study)
-            ax.figure.set_size_inches(8, 4.5)
-            ax.figure.tight_layout()
-            ax.figure.savefig(out_dir / "optimization_history.png", dpi=110)
-            plt.close(ax.figure)
-        except Exception as e:  # e.g. no completed trial yet
-            log.info("no optimization history plot: %s", e)
-        try:
-            # fANOVA, named explicitly: Optuna 5's default evaluator is PED-ANOVA.
-            evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
-            ax = ovm.plot_param_importances(study, evaluator=evaluator)
-            ax.set_title("Parameter importances for the objective (fANOVA)")
-            ax.figure.set_size_inches(8, 4.5)
-            ax.figure.tight_layout()
-            ax.figure.savefig(out_dir / "param_importances.png", dpi=110)
-            plt.close(ax.figure)
-        except Exception as e:  # needs 2+ completed trials with varying parameters
-            log.info("no parameter importance plot: %s", e)
 
 
 def _description(s: Summary) -> str:

@@ -10,6 +10,9 @@
 It keeps going when a trial fails (within a failure budget), ends with a clear message when
 nothing succeeds, and prints one progress line per trial. The stock Hydra Optuna sweeper
 provides the search-space parsing and launcher set-up (through hydra_optuna.py).
+
+(Over 400 lines on purpose: the steps read in order as one class; each step's work lives in
+its own module, what stays here is the order and what happens when a step fails.)
 """
 
 from __future__ import annotations
