@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -39,23 +40,30 @@ def compose(overrides: list[str], outputs: Path | None = None):
 
 
 def cli(
-    args: list[str], cwd: Path, timeout: float = 600, env: dict | None = None
+    args: list[str],
+    cwd: Path,
+    timeout: float = 600,
+    env: dict | None = None,
+    module: str = "transfersweep.train",
+    **popen: Any,
 ) -> subprocess.CompletedProcess:
-    """Run the real entrypoint in a fresh process."""
+    """Run a real entrypoint (`python -m <module>`: train by default, predict, server) in a
+    fresh process; `popen`: more subprocess options (preexec_fn, ...)."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", "transfersweep.train", *args],
+        [sys.executable, "-m", module, *args],
         cwd=cwd,
         capture_output=True,
         text=True,
         timeout=timeout,
         env=full_env,
+        **popen,
     )
 
 
 def start_cli(args: list[str], cwd: Path) -> subprocess.Popen:
     """The real entrypoint in a fresh process, left running; its output (stdout and stderr
-    together) read as it comes: for tests that signal or kill it."""
+    together) read as it comes: for tests that signal, kill or run several at once."""
     return subprocess.Popen(
         [sys.executable, "-m", "transfersweep.train", *args],
         cwd=cwd,

@@ -112,10 +112,7 @@ def _write_folder(root, classes, test):
 
 
 def _predict(args, cwd):
-    return subprocess.run(
-        [sys.executable, "-m", "transfersweep.predict", *args],
-        cwd=cwd, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    return cli(args, cwd=cwd, timeout=300, module="transfersweep.predict")
 
 
 def test_predict_cli_writes_predictions_and_accuracy(swept, tmp_path):

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import logging
-import subprocess
-import sys
 
 import pytest
 
-from conftest import FAST, compose, history, runs
+from conftest import FAST, compose, history, runs, start_cli
 from transfersweep import train
 
 
@@ -161,16 +159,7 @@ def test_concurrent_workers_train_a_shared_pretrain_stage_once(outputs):
         "trainer.source_epochs=3",
         f"paths.outputs={outputs}",
     ]
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "transfersweep.train", *args, f"freeze={f}"],
-            cwd=outputs,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for f in ("full", "last_layer")
-    ]
+    procs = [start_cli([*args, f"freeze={f}"], cwd=outputs) for f in ("full", "last_layer")]
     logs = [p.communicate(timeout=300)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), logs
     _, found = runs(outputs)

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import resource
-import subprocess
-import sys
 
 import optuna
 import pytest
 
-from conftest import FAST, compose, runs
+from conftest import FAST, cli, compose, runs
 from transfersweep.errors import TrainingError
 from transfersweep.memory import memory_guard
 
@@ -39,12 +37,12 @@ def test_out_of_memory_error_names_the_settings_to_lower():
 def test_out_of_memory_fails_the_trial_with_a_hint_and_the_sweep_goes_on(tmp_path):
     """A real allocation failure (the process's address space is capped): a 192 px batch of 512
     cannot fit; the 16 px trial runs in the same process and finishes."""
-    res = subprocess.run(
-        [sys.executable, "-m", "transfersweep.train", "-m", "sweep=grid", "backbone=tiny",
+    res = cli(
+        ["-m", "sweep=grid", "backbone=tiny",
          "data.image_size=192,16", "data.batch_size=512", "trainer.source_epochs=1",
          "trainer.target_epochs=1", "trainer.device=cpu", "trainer.threads=1",
          "regime=pretrain_finetune", "freeze=full", f"paths.outputs={tmp_path}"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600, preexec_fn=_limited,
+        cwd=tmp_path, preexec_fn=_limited,
     )  # fmt: skip
     log = res.stdout + res.stderr
     assert res.returncode == 0, log[-4000:]

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 import time
 
 import optuna
 import pytest
 
-from conftest import FAST, runs, start_cli, sweep_parent
+from conftest import FAST, cli, runs, start_cli, sweep_parent
 
 pytestmark = pytest.mark.slow  # signals and kill -9 of real sweep processes
 
@@ -91,13 +89,7 @@ def test_after_kill_9_a_resumed_sweep_marks_the_dead_trial_stale_and_goes_on(tmp
     _wait_for_epoch(proc, "[target] epoch")
     proc.kill()  # SIGKILL: no handler runs, the trial and its MLflow run stay RUNNING
     proc.wait(timeout=30)
-    res = subprocess.run(
-        [sys.executable, "-m", "transfersweep.train", *base, "trainer.target_epochs=1"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    res = cli([*base, "trainer.target_epochs=1"], cwd=tmp_path, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "marked 1 stale trial(s)" in res.stdout + res.stderr
     study = optuna.load_study(

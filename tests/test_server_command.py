@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import subprocess
-import sys
 
 import pytest
 
+from conftest import cli
 from transfersweep import server
 
 
@@ -33,10 +32,8 @@ def test_exposed_host_accepts_other_host_names(tmp_path, monkeypatch):
 
 
 def test_unknown_backend_is_refused_with_the_forms_it_takes(tmp_path):
-    res = subprocess.run(
-        [sys.executable, "-m", "transfersweep.server", "--backend", "ftp://u:secret@h/db"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    res = cli(["--backend", "ftp://u:secret@h/db"], cwd=tmp_path, timeout=60,
+              module="transfersweep.server")  # fmt: skip
     assert res.returncode == 2
     assert "use sqlite:///PATH or postgresql://" in res.stderr and "secret" not in res.stderr
 

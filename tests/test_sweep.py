@@ -339,6 +339,13 @@ def test_parallel_trials_with_the_joblib_launcher(tmp_path):
     children = child_runs(found, parent)
     assert sorted(int(c.data.tags["trial"]) for c in children) == [0, 1, 2, 3]
     assert {c.data.tags["threads"] for c in children} == {str(max(1, (os.cpu_count() or 1) // 2))}
+    assert _overlapping(children)  # two trials really ran at once
+
+
+def _overlapping(found) -> bool:
+    """Whether any two MLflow runs were running at the same time (each run spans its job)."""
+    spans = sorted((r.info.start_time, r.info.end_time) for r in found)
+    return any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:], strict=False))
 
 
 @pytest.mark.slow
@@ -361,8 +368,10 @@ def test_submitit_local_launcher_runs_each_trial_as_its_own_job(tmp_path):
     jobs = list(tmp_path.glob("sweeps/*/*/.submitit/*/*_result.pkl"))
     assert len(jobs) == 2  # one submitit job (own process, own result) per trial
     _, found = runs(tmp_path)
-    assert sorted(r.data.tags.get("trial") for r in found if "trial" in r.data.tags) == ["0", "1"]
+    trials = [r for r in found if "trial" in r.data.tags]
+    assert sorted(r.data.tags["trial"] for r in trials) == ["0", "1"]
     assert all(r.info.status == "FINISHED" for r in found)
+    assert _overlapping(trials)  # the two jobs ran at once
 
 
 def test_pareto_sweep_is_two_objective_with_its_front_on_the_parent(tmp_path):
