@@ -162,3 +162,25 @@ def test_a_shifted_val_objective_without_its_set_is_refused(args, message, outpu
 
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
         train.run(compose([*FAST, *args], outputs))
+
+
+def test_studies_and_runs_recorded_before_records_still_read():
+    """A study resumed after an upgrade keeps its trials' results (they stored per-repeat
+    lists, and summary.json a list of repeats, before the Record)."""
+    old_trial = {"repeat_index": [0, 1], "repeat_val": [0.5, 0.7], "repeat_test": [0.4, 0.6],
+                 "repeat_draw": ["a", "b"]}  # fmt: skip
+    r = Record.of_trial(old_trial)
+    assert r.values("val_acc") == {0: 0.5, 1: 0.7} and r.draw == ["a", "b"]
+    assert r.estimate("test_acc").mean == pytest.approx(0.5)
+    old_summary = {"repeats": [
+        {"index": 3, "draw": "x", "val_acc": 0.9, "test_acc": 0.8, "ood_acc": None, "seconds": 2.0},
+        {"index": 4, "draw": "y", "val_acc": 0.7, "test_acc": 0.6, "ood_acc": None, "seconds": 4.0},
+    ]}  # fmt: skip
+    r = Record.of_summary(old_summary)
+    assert (
+        r.index == [3, 4] and r.seconds == [2.0, 4.0] and set(r.scores) == {"val_acc", "test_acc"}
+    )
+    new = Record([0], scores={"val_acc": [1.0]})
+    assert Record.of_trial({"record": new.to_dict()}) == new
+    assert Record.of_summary({"record": new.to_dict()}) == new
+    assert Record.of_trial({}) is None  # a failed trial scored nothing

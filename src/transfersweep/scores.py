@@ -126,6 +126,33 @@ class Record:
             {k: [float(x) for x in v] for k, v in d.get("scores", {}).items()},
         )  # fmt: skip
 
+    @classmethod
+    def of_trial(cls, attrs: Mapping[str, Any]) -> Record | None:
+        """An Optuna trial's Record (its `record` attribute); a trial recorded before Records
+        existed carried its val and test accuracy per repeat as separate lists."""
+        if "record" in attrs or "repeat_val" not in attrs:
+            return cls.from_dict(attrs.get("record"))
+        scores = {"val_acc": attrs["repeat_val"], "test_acc": attrs.get("repeat_test", [])}
+        return cls.from_dict(
+            {"index": attrs.get("repeat_index", []), "draw": attrs.get("repeat_draw", []),
+             "scores": {k: v for k, v in scores.items() if v}}
+        )  # fmt: skip
+
+    @classmethod
+    def of_summary(cls, summary: Mapping[str, Any]) -> Record | None:
+        """A run's Record from its summary.json; one written before Records listed repeats."""
+        if "record" in summary or "repeats" not in summary:
+            return cls.from_dict(summary.get("record"))
+        reps = summary["repeats"]
+        names = [
+            k for k in ("val_acc", "test_acc", "ood_acc") if all(r.get(k) is not None for r in reps)
+        ]
+        return cls.from_dict(
+            {"index": [r["index"] for r in reps], "draw": [r["draw"] for r in reps],
+             "seconds": [r["seconds"] for r in reps],
+             "scores": {k: [r[k] for r in reps] for k in names}}
+        )  # fmt: skip
+
     def values(self, name: str) -> dict[int, float]:
         """repeat index -> score (empty when the run did not measure `name`)."""
         return dict(zip(self.index, self.scores.get(name, []), strict=False))

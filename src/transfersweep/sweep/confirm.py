@@ -89,7 +89,7 @@ def _record(client: Any, run_id: str) -> Record | None:
     """The run's Record, from its summary.json (what transfersweep.results wrote)."""
     with tempfile.TemporaryDirectory() as tmp:
         path = client.download_artifacts(run_id, SUMMARY, tmp)
-        return Record.from_dict(json.loads(Path(path).read_text()).get("record"))
+        return Record.of_summary(json.loads(Path(path).read_text()))
 
 
 def as_row(searched: Row, run: Any, client: Any) -> Row:

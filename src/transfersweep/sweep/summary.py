@@ -36,7 +36,7 @@ def rows(study: Any, objective: str) -> list[Row]:
             params=dict(t.params),
             error=t.user_attrs.get("error", ""),
             objective=objective,
-            record=Record.from_dict(t.user_attrs.get("record")),
+            record=Record.of_trial(t.user_attrs),
             target_seconds=t.user_attrs.get("target_seconds"),
         )
         for t in study.trials

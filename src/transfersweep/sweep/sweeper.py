@@ -277,7 +277,7 @@ class TransferSweeperImpl(StockOptunaSweeper):
         if not isinstance(result, outcome.Complete) or len(self.objectives) == 1:
             return result
         attrs = workers.attrs(trial)
-        record = Record.from_dict(attrs.get("record"))
+        record = Record.of_trial(attrs)
         found = {k: v for k, v in attrs.items() if isinstance(v, (int, float))}
         if record is not None:  # any score by name: its mean over the repeats
             found |= {k: e.mean for k in record.scores if (e := record.estimate(k)) is not None}
@@ -338,7 +338,7 @@ class TransferSweeperImpl(StockOptunaSweeper):
         )
         best = self._best_line(workers)
         if isinstance(result, outcome.Complete):
-            record = Record.from_dict(attrs.get("record"))
+            record = Record.of_trial(attrs)
             e = record.estimate(self.objectives[0]) if record is not None else None
             spread = f" ± {e.ci95:.4f} (95% CI, n={e.n})" if e and e.ci95 is not None else ""
             more = "".join(
