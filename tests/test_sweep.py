@@ -479,3 +479,25 @@ def test_unknown_strategy_in_search_strategies_exits_early(tmp_path):
     assert "search.strategies=['full', 'lorax']: 'lorax' is not a freeze option" in out
     assert "[last_layer,bitfit,norm,lora,surgical,last_blocks,gradual,lp_ft,full]" in out
     assert not (tmp_path / "optuna.db").exists()
+
+
+def test_a_new_study_under_an_old_name_gets_its_own_parent_run(tmp_path):
+    """The study records its parent: the same study resumed reopens it, but a study deleted
+    and made again under the same name must not adopt the old parent (its confirmation runs
+    belong to other trials)."""
+    args = ["-m", "sweep=paradigm", *FAST_SWEEP, "hydra.sweeper.n_trials=1",
+            "hydra.sweeper.study_name=again", "hydra.sweeper.confirm.top_k=0",
+            f"paths.outputs={tmp_path}"]  # fmt: skip
+    for _ in range(2):  # the second run resumes the finished study: the same parent
+        res = cli(args, cwd=tmp_path)
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    first = sweep_parent(runs(tmp_path)[1])
+    assert first.data.tags["resumed"] == "true"
+    assert _study(tmp_path, "again").user_attrs["parent_run_id"] == first.info.run_id
+    optuna.delete_study(study_name="again", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    res = cli(args, cwd=tmp_path)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    parents = [r for r in runs(tmp_path)[1] if r.data.tags.get("transfersweep.role") == "sweep"]
+    (second,) = [p for p in parents if p.info.run_id != first.info.run_id]
+    assert "resumed" not in second.data.tags
+    assert _study(tmp_path, "again").user_attrs["parent_run_id"] == second.info.run_id

@@ -389,20 +389,37 @@ def kill_children(parent: Run, trial_numbers: list[int], reason: str) -> None:
 
 
 def open_parent(
-    cfg: DictConfig, study: str, storage: str | None, search_space: Mapping[str, Any]
+    cfg: DictConfig,
+    study: str,
+    storage: str | None,
+    search_space: Mapping[str, Any],
+    run_id: str | None = None,
+    resumed: bool = False,
 ) -> Run:
     """The sweep's parent run: created once per study (before any trial starts, so parallel
-    trials never race on a fresh store), reopened when the same study is resumed."""
+    trials never race on a fresh store), reopened when the same study is resumed: `run_id`,
+    the parent the study recorded, or for a study recorded before it did (`resumed`, no
+    `run_id`) the parent run tagged with its name and storage. A new study, even under an old
+    name, gets a new parent: an old parent's confirmation runs belong to other trials."""
     import json
 
     client, exp_id, uri = _open_experiment(cfg)
     where = redact(str(storage))
-    found = client.search_runs(
-        [exp_id],
-        filter_string=f"tags.`transfersweep.role` = 'sweep' and tags.study = '{study}'",
-        max_results=50,
-    )
-    found = [r for r in found if r.data.tags.get("optuna_storage") == where]
+    found = []
+    if run_id is not None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            found = [client.get_run(run_id)]
+        except MlflowException:  # deleted from the store: the study gets a new parent
+            found = []
+    elif resumed:
+        found = client.search_runs(
+            [exp_id],
+            filter_string=f"tags.`transfersweep.role` = 'sweep' and tags.study = '{study}'",
+            max_results=50,
+        )
+        found = [r for r in found if r.data.tags.get("optuna_storage") == where]
     if found:
         run = Run(client, found[0].info.run_id, exp_id, uri)
         client.update_run(run.run_id, status="RUNNING")

@@ -174,11 +174,14 @@ class TransferSweeperImpl(StockOptunaSweeper):
                 sys.exit(2)
             if self.space_note:
                 study.set_user_attr("space_note", self.space_note)
-            parent = (
-                tracking.open_parent(task_cfg, study_name, storage, searched)
-                if cfg.tracking.enabled
-                else tracking.NoRun()
-            )
+            if cfg.tracking.enabled:  # the study names its parent run (a new study: a new one)
+                known = study.user_attrs.get("parent_run_id")
+                parent = tracking.open_parent(
+                    task_cfg, study_name, storage, searched, known, resumed=bool(study.trials)
+                )
+                study.set_user_attr("parent_run_id", parent.run_id)
+            else:
+                parent = tracking.NoRun()
             parent.log_text(OmegaConf.to_yaml(cfg), "sweep_config.yaml")  # hydra.sweeper too
             workers.recover(self._end_children(parent))
             before = workers.counted()
