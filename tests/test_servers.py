@@ -252,8 +252,10 @@ def test_a_running_worker_takes_over_the_trials_of_a_worker_that_dies(tmp_path):
 
     a = _node(tmp_path, "node-a", [*args, "trainer.target_epochs=100000"])
     _wait_for(tmp_path, "node-a", "epoch   2/100000", a)
-    # node-b's trials take several seconds each: node-a turns stale while node-b still runs
-    b = _node(tmp_path, "node-b", [*args, "trainer.target_epochs=60"])
+    # node-b's trials take about 10 s each (300 epochs; 60 took 2 s on a quiet machine, and
+    # node-b then claimed its last trial before node-a's heartbeat was 3 s old): node-a turns
+    # stale while node-b still has a trial to claim
+    b = _node(tmp_path, "node-b", [*args, "trainer.target_epochs=300"])
     _wait_for(tmp_path, "node-b", "trial 1/4", b)
     a.kill()
     a.wait(timeout=30)
