@@ -41,7 +41,7 @@ def test_lr_scales_reach_the_optimizer_groups():
 def test_the_head_rate_depends_on_whether_blocks_train_with_it():
     from transfersweep.config import StageData
     from transfersweep.regime import Stage
-    from transfersweep.stages import _with_head_scale
+    from transfersweep.stages import _rates
 
     cfg = compose([*FAST, "optimizer=adamw_pretrained", "optimizer.head_lr_scale=2"])
     layout, head = _layout(), set(_layout().head)
@@ -51,7 +51,7 @@ def test_the_head_rate_depends_on_whether_blocks_train_with_it():
         stage = Stage("target", data, 5, 1e-3, strategy, 3, None)
         out = []
         for phase in strategy.phases(layout, 5):
-            scales = _with_head_scale({}, cfg, stage, phase, layout.head)
+            _, scales = _rates({}, cfg, stage, phase, layout.head)
             assert set(scales) in (set(), head)  # only the head's rate moves
             out.append((phase.lr_scale, scales.get(next(iter(head)), 1.0)))
         return out

@@ -212,9 +212,9 @@ def fit(
     adapt_stats: bool = False,
 ) -> FitResult:
     """Train `model`'s trainable parameters for `epochs` at `lr` (default optimizer.lr), with
-    the optimizer settings of cfg.optimizer; the returned best_state has the best val score
-    on the objective's metric (trainer.objective). Epochs are numbered from `first_epoch` (a stage's later phases go on counting);
-    with `eval_classes`, only the first that many logits count at evaluation; `frozen_stats`
+    the optimizer settings of cfg.optimizer; the returned best_state has the best val score on
+    the objective's metric (trainer.objective). Epochs are numbered from `first_epoch` (a
+    stage's later phases go on counting); with `eval_classes`, only the first that many logits count at evaluation; `frozen_stats`
     keeps every BatchNorm in eval mode; `adapt_stats` (freeze.norm_stats=adapt) puts every
     BatchNorm in training mode instead, frozen ones included, so only its running statistics
     move where its weights are frozen. A `checkpoint` (transfersweep.resume.FitCheckpoint)

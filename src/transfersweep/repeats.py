@@ -44,7 +44,6 @@ class RepeatResult:
     index: int  # the repeat's index r (Repeat.index)
     draw: str  # fingerprint of its k-shot draw (data.splits.Splits.digest)
     seconds: float  # the target stages' training and scoring
-    scores: dict[
-        str, float
-    ]  # every score by name (transfersweep.scores): val_acc, test_macro_f1, ...
+    # every score by name (transfersweep.scores): val_acc, test_macro_f1, ...
+    scores: dict[str, float]
     last: StageResult  # the last stage's result: its best epoch's weights

@@ -222,7 +222,7 @@ class Resume:
 
     def __init__(
         self, folder: Path, k: str, lock: Any, trial: int | None, saved: Saved | None,
-        objective: str = "val_acc",
+        objective: str,
     ) -> None:  # fmt: skip
         self.dir, self.key, self._lock, self.trial = folder, k, lock, trial
         self.objective = objective  # trainer.objective: which repeat is the best

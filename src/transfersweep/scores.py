@@ -12,7 +12,7 @@ Test and ood scores are reported beside it, never selected on.
 
 A run's per-repeat scores are one Record, written once (transfersweep.results: the Optuna
 trial's `record` attribute and summary.json carry the same dict) and read back by
-Record.from_dict.
+Record.of_trial / Record.of_summary (which also read the formats from before Records).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # torch is imported by the code that has tensors (sweeps read
 METRICS = ("acc", "balanced_acc", "macro_f1")
 # ood_val: the held-out shifted validation set (data.target.ood_val), apart from the ood test set
 SPLITS = ("val", "ood_val", "test", "ood")
+_LONGEST_FIRST = sorted(SPLITS, key=len, reverse=True)  # ood_val_acc is on ood_val, not ood
 OBJECTIVES = tuple(f"{s}_{m}" for s in ("val", "ood_val") for m in METRICS)  # trainer.objective
 SUMMARY = "summary.json"  # a run's artifact: its estimates, and its Record under "record"
 
@@ -59,7 +60,7 @@ def check_objective(name: str, target: Any = None) -> None:
 
 def split_of(name: str) -> str:
     """The split a score name is on: ood_val_acc -> ood_val, test_macro_f1 -> test."""
-    return next(s for s in sorted(SPLITS, key=len, reverse=True) if name.startswith(f"{s}_"))
+    return next(s for s in _LONGEST_FIRST if name.startswith(f"{s}_"))
 
 
 def metric(name: str) -> str:

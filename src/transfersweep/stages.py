@@ -114,6 +114,8 @@ def _phases(
         by_layer = engine.layer_decay_scales(model, decay)
         lr_scales = {n: lr_scales.get(n, 1.0) * s for n, s in by_layer.items()}
 
+    selected = _selected(cfg)
+
     def on_epoch(st: engine.EpochStats) -> None:
         log.info(
             "[%s] epoch %3d/%d  loss %.4f  acc %.3f  val_loss %.4f  val_acc %.3f  lr %.2e  %6.0f img/s  %.1fs",
@@ -123,7 +125,7 @@ def _phases(
         metrics = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_s")
         values = {f"{prefix}/{m}": getattr(st, m) for m in metrics}
         values[f"{prefix}/params_trainable"] = trainable  # per epoch: gradual unfreezing moves it
-        values[f"{prefix}/{_selected(cfg)}"] = st.val_score  # what picks the best epoch
+        values[f"{prefix}/{selected}"] = st.val_score  # what picks the best epoch
         mlrun.log_metrics(values, step=st.epoch)
         if report is not None:
             report(st.val_score, st.epoch)  # the objective's metric; may raise TrialPruned
@@ -156,10 +158,10 @@ def _phases(
         fit_model, fit_prep, train, val = _with_feature_cache(
             inputs, cfg, stage, phase, prefix, train, val, mlrun
         )
-        scales = _with_head_scale(lr_scales, cfg, stage, phase, inputs.layout.head)
+        lr, scales = _rates(lr_scales, cfg, stage, phase, inputs.layout.head)
         result = engine.fit(
             fit_model, train, val, fit_prep, runtime, cfg, phase.epochs,
-            lr=stage.lr * (1.0 if phase.lr_scale is None else phase.lr_scale), eval_classes=stage.eval_classes, on_epoch=on_epoch,
+            lr=lr, eval_classes=stage.eval_classes, on_epoch=on_epoch,
             first_epoch=epoch, lr_scales=_scales_for(fit_model, model, scales),
             frozen_stats=not phase.norm_stats or stage.strategy.norm_stats == "keep",
             adapt_stats=stage.strategy.norm_stats == "adapt",
@@ -177,23 +179,25 @@ def _phases(
     return best
 
 
-def _with_head_scale(
+def _rates(
     lr_scales: dict[str, float], cfg: DictConfig, stage: Stage, phase: Phase, head: Iterable[str]
-) -> dict[str, float]:
-    """`lr_scales` with the fresh classifier's factor for this phase of a target stage:
+) -> tuple[float, dict[str, float]]:
+    """The phase's learning rate (the stage's, x the strategy's Phase.lr_scale when it sets one)
+    and `lr_scales` with the fresh classifier's factor for this phase of a target stage:
     `optimizer.probe_lr_scale` when the head trains alone (a linear probe on frozen features
     wants a high rate) unless the strategy set the phase's rate itself (lp_ft's probe),
     `optimizer.head_lr_scale` when blocks train with it. Measured on the real task with
     pretrained lite0, 5 paired repeats: the probe alone is +0.19 val at x10 and full
     fine-tuning +0.04 at x1 (docs/real-task.md): one factor cannot serve both."""
+    lr = stage.lr * (1.0 if phase.lr_scale is None else phase.lr_scale)
     head = set(head)
     if phase.trains <= head:
         factor = cfg.optimizer.probe_lr_scale if phase.lr_scale is None else 1.0
     else:
         factor = cfg.optimizer.head_lr_scale
     if not stage.on_target or factor == 1.0:
-        return lr_scales
-    return dict(lr_scales) | {n: lr_scales.get(n, 1.0) * factor for n in head}
+        return lr, lr_scales
+    return lr, dict(lr_scales) | {n: lr_scales.get(n, 1.0) * factor for n in head}
 
 
 def _with_feature_cache(

@@ -318,16 +318,23 @@ def start(
     client.set_terminated(run.run_id, status="FINISHED")
 
 
-def _reopen(client: Any, run_id: str, exp_id: str, uri: str, tags: Mapping[str, str]):
-    """The interrupted run `run_id`, RUNNING again with this run's tags, its end's error tags
-    gone; None (a new run) when the store no longer has it."""
+def _live(client: Any, run_id: str, exp_id: str) -> Any:
+    """Run `run_id` if the store still has it, active, in experiment `exp_id`; else None."""
     from mlflow.exceptions import MlflowException
 
     try:
-        old = client.get_run(run_id)
+        run = client.get_run(run_id)
     except MlflowException:
-        old = None
-    if old is None or old.info.experiment_id != exp_id or old.info.lifecycle_stage != "active":
+        return None
+    active = run.info.experiment_id == exp_id and run.info.lifecycle_stage == "active"
+    return run if active else None
+
+
+def _reopen(client: Any, run_id: str, exp_id: str, uri: str, tags: Mapping[str, str]):
+    """The interrupted run `run_id`, RUNNING again with this run's tags, its end's error tags
+    gone; None (a new run) when the store no longer has it."""
+    old = _live(client, run_id, exp_id)
+    if old is None:
         log.warning(
             "MLflow run %s (the interrupted run) is not in this experiment any more: a new run "
             "holds the rest, without the epochs before the resume",
@@ -406,13 +413,8 @@ def open_parent(
     client, exp_id, uri = _open_experiment(cfg)
     where = redact(str(storage))
     found = []
-    if run_id is not None:
-        from mlflow.exceptions import MlflowException
-
-        try:
-            found = [client.get_run(run_id)]
-        except MlflowException:  # deleted from the store: the study gets a new parent
-            found = []
+    if run_id is not None:  # gone from the store (or deleted): the study gets a new parent
+        found = [run] if (run := _live(client, run_id, exp_id)) is not None else []
     elif resumed:
         found = client.search_runs(
             [exp_id],
