@@ -13,7 +13,7 @@ from conftest import CONF, ROOT, cli, compose
 from transfersweep.errors import ConfigError
 from transfersweep.validation import validate
 
-GROUPS = ["backbone", "data", "regime", "freeze", "optimizer", "trainer", "tracking"]
+GROUPS = ["backbone", "data", "regime", "freeze", "loss", "optimizer", "trainer", "tracking"]
 
 
 @pytest.mark.parametrize(
@@ -42,6 +42,8 @@ def test_required_groups_exist():
         "joint",
         "pretrain_joint",
         "target_only",
+        "self_distill",
+        "joint_finetune",
     }
     from transfersweep.strategies import BUILT_IN
 

@@ -136,6 +136,29 @@ def test_an_interrupted_run_resumes_where_it_stopped_with_identical_results(
     assert not list((b / "resume").iterdir())  # state and lock removed at the end
 
 
+def test_a_distilling_stage_resumes_with_its_teacher_trained_again_exactly(tmp_path, caplog):
+    """The teacher (the previous stage's result) is not in the saved state: the stages before
+    the resumed one train again from the same start, which gives the same teacher bit for bit,
+    and the student continues from its saved epoch."""
+    caplog.set_level(logging.INFO, logger="transfersweep")
+    args = [*FAST, "regime=self_distill", "trainer.repeats=2", "trainer.target_epochs=24"]
+    train.run(compose(args, tmp_path / "a"))
+    b = tmp_path / "b"
+    watcher = _interrupt_when(b, lambda p: (p["repeat"], p["stage"]) == (1, 1) and p["epoch"] >= 4)
+    with pytest.raises(KeyboardInterrupt):
+        train.run(compose(args, b))
+    watcher.join()
+    saved = _saved_point(b)
+    assert (saved["repeat"], saved["stage"]) == (1, 1) and 4 <= saved["epoch"] < 24, saved
+    caplog.clear()
+    train.run(compose(args, b))
+    assert f"resumed from epoch {saved['epoch']} (student, repeat 1)" in caplog.text
+    assert "[teacher_r1] epoch  24/24" in caplog.text  # the teacher trained again, whole
+    assert "[teacher] epoch" not in caplog.text and "[student] epoch" not in caplog.text
+    assert f"[student_r1] epoch {saved['epoch']:3d}/24" not in caplog.text  # not again
+    _assert_same_results(_record(b), _record(tmp_path / "a"))
+
+
 def _kill_9_when(args: list[str], outputs: Path, reached) -> tuple[dict, str]:
     """Run the entrypoint until the saved state reaches a point, then SIGKILL it: no handler
     runs, nothing is flushed or cleaned. Returns the point saved last and the process's log."""

@@ -105,8 +105,17 @@ class DataConfig:
 
 @dataclass
 class StageSpec:
+    """One stage of a regime. Beyond name and data, every key is optional: unset, the stage
+    gets the defaults of its data kind (transfersweep.regime)."""
+
     name: str = MISSING  # metric prefix: pretrain, finetune, joint, target
     data: StageData = MISSING
+    epochs: int | None = None  # null: trainer.source_epochs (source) / target_epochs (others)
+    lr: float | None = None  # null: optimizer.source_lr (source) / optimizer.lr (others)
+    lr_scale: float = 1.0  # x the stage's lr: a rate relative to the one a sweep tunes
+    freeze: Any = None  # a strategy for this stage ({strategy: last_layer, ...}); null: by kind
+    loss: Any = None  # {name: ce | distill, ...} (transfersweep.losses); null: by kind
+    init: str = "previous"  # previous: the weights the stage before left | start: see regime.py
 
 
 @dataclass
@@ -241,6 +250,14 @@ class TrainConfig:
                 "norm_stats": "${ts.norm_stats:${backbone.pretrained},${backbone.weights}}",
             },
             flags={"struct": False},
+        )
+    )
+    # The loss of every stage that sees target data unless the stage sets its own: `name` (ce |
+    # distill, transfersweep.losses) and its keys; stages on source data alone train on plain
+    # cross-entropy (the loss is a target-side choice, like the strategy and lr).
+    loss: Any = field(
+        default_factory=lambda: DictConfig(
+            {"name": "ce", "label_smoothing": 0.0}, flags={"struct": False}
         )
     )
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)

@@ -210,6 +210,7 @@ def fit(
     frozen_stats: bool = False,
     checkpoint: Any = None,
     adapt_stats: bool = False,
+    loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> FitResult:
     """Train `model`'s trainable parameters for `epochs` at `lr` (default optimizer.lr), with
     the optimizer settings of cfg.optimizer; the returned best_state has the best val score on
@@ -218,10 +219,13 @@ def fit(
     keeps every BatchNorm in eval mode; `adapt_stats` (freeze.norm_stats=adapt) puts every
     BatchNorm in training mode instead, frozen ones included, so only its running statistics
     move where its weights are frozen. A `checkpoint` (transfersweep.resume.FitCheckpoint)
-    puts a saved epoch back before the loop and saves every epoch the loop completes."""
+    puts a saved epoch back before the loop and saves every epoch the loop completes. `loss`
+    (logits, labels, the model's input) -> scalar (transfersweep.losses, its teacher bound):
+    cross-entropy when None; evaluation's loss is cross-entropy always."""
     from transfersweep import scores
 
     lr = stage_lr = cfg.optimizer.lr if lr is None else lr
+    criterion = loss if loss is not None else (lambda logits, y, _: F.cross_entropy(logits, y))
     select = scores.metric(cfg.trainer.objective)
     steps = epochs * len(train)
     opt, sched = make_optimizer(
@@ -247,14 +251,15 @@ def fit(
         for x, y in train:
             x, y = runtime.to_device(x), y.to(runtime.device, non_blocking=True)
             with runtime.autocast():
-                logits = model(prep(x))
-                loss = F.cross_entropy(logits.float(), y)
+                inputs = prep(x)
+                logits = model(inputs)
+                batch_loss = criterion(logits.float(), y, inputs)
             opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            scaler.scale(batch_loss).backward()
             scaler.step(opt)
             scaler.update()
             sched.step()
-            loss_sum += loss.detach() * len(y)
+            loss_sum += batch_loss.detach() * len(y)
             correct += (logits.detach().argmax(1) == y).sum()
             seen += len(y)
         train_loss = loss_sum.item() / max(seen, 1)

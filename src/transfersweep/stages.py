@@ -9,6 +9,8 @@ best validation epoch. Source stages run once per distinct input (transfersweep.
 
 from __future__ import annotations
 
+import copy
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -66,9 +68,11 @@ def run(
     mlrun: Any,
     report: Report | None = None,
     checkpoint: Any = None,
+    teacher: torch.nn.Module | None = None,
 ) -> StageResult:
     """Train `stage` (metrics under `prefix`) and leave the model at its best epoch; with a
-    `checkpoint` (transfersweep.resume.StageCheckpoint), from its saved epoch, saving each."""
+    `checkpoint` (transfersweep.resume.StageCheckpoint), from its saved epoch, saving each;
+    `teacher`: the model a distilling loss learns from (see teacher_after)."""
     model, runtime, strategy = inputs.model, inputs.runtime, stage.strategy
     torch.manual_seed(seed)
     model.reset_classifier(stage.num_classes)  # every stage starts from a fresh head
@@ -78,8 +82,9 @@ def run(
     model.to(runtime.device)
     try:
         best = _phases(
-            replace(inputs, layout=layout), cfg, stage, prefix, seed, mlrun, report, checkpoint
-        )
+            replace(inputs, layout=layout), cfg, stage, prefix, seed, mlrun, report, checkpoint,
+            teacher,
+        )  # fmt: skip
     finally:
         strategy.detach(model)  # a plain timm model again, whatever happened
     if layout is not inputs.layout:  # the best state had adapters: keep the merged model's
@@ -102,6 +107,7 @@ def _phases(
     mlrun: Any,
     report: Report | None,
     checkpoint: Any,
+    teacher: torch.nn.Module | None,
 ) -> StageResult:
     """The stage's phases on `inputs.layout` (adapters attached); the model ends at its best.
     A resumed stage skips the phases its saved epoch is past and loads the saved model before
@@ -115,6 +121,7 @@ def _phases(
         lr_scales = {n: lr_scales.get(n, 1.0) * s for n, s in by_layer.items()}
 
     selected = _selected(cfg)
+    loss = functools.partial(stage.loss, teacher=teacher) if stage.loss.uses_teacher else stage.loss
 
     def on_epoch(st: engine.EpochStats) -> None:
         log.info(
@@ -144,10 +151,10 @@ def _phases(
         plan = freezing.set_trainable(inputs.layout, phase.trains)
         trainable = plan.trainable
         log.info(
-            "[%s] %d epochs on %s data | %s%s: %s of %s parameters train (%d/%d blocks + head)",
+            "[%s] %d epochs on %s data | %s%s: %s of %s parameters train (%d/%d blocks + head)%s",
             prefix, phase.epochs, stage.data.value, stage.strategy.label(),
             f" {phase.name}" if phase.name else "", f"{plan.trainable:,}", f"{plan.total:,}",
-            plan.n_blocks, plan.total_blocks,
+            plan.n_blocks, plan.total_blocks, _loss_note(stage),
         )  # fmt: skip
         counts = {f"{prefix}/params_total": plan.total}  # params_trainable: every epoch
         if len(phases) > 1:
@@ -166,6 +173,7 @@ def _phases(
             frozen_stats=not phase.norm_stats or stage.strategy.norm_stats == "keep",
             adapt_stats=stage.strategy.norm_stats == "adapt",
             checkpoint=checkpoint.phase(i, model, best) if checkpoint is not None else None,
+            loss=loss,
         )  # fmt: skip
         fit_model.load_state_dict(result.best_state)  # the next phase starts from the best
         best_is_last = best is None or result.best_val > best.best_val
@@ -177,6 +185,14 @@ def _phases(
     if not best_is_last:  # an earlier phase did better: the stage ends on its weights
         model.load_state_dict(best.best_state)
     return best
+
+
+def _loss_note(stage: Stage) -> str:
+    """' | loss distill (T=2.0, weight=0.5, teacher previous)', or '' for plain cross-entropy."""
+    keys = {k: v for k, v in stage.loss.to_dict().items() if k != "name" and v}
+    if stage.loss.name == "ce" and not keys:
+        return ""
+    return f" | loss {stage.loss.name} ({', '.join(f'{k} {v}' for k, v in keys.items())})"
 
 
 def _rates(
@@ -217,16 +233,16 @@ def _with_feature_cache(
     activation at the block boundary otherwise (transfersweep.prefix_cache)."""
     layout, model = inputs.layout, inputs.model
     n_frozen = stage.strategy.cached_prefix(layout, phase)
-    if n_frozen and stage.strategy.norm_stats == "adapt" and freezing.batch_norms(model):
-        why = "freeze.norm_stats=adapt: BatchNorm statistics in the frozen part move every batch"
-        log.info("[%s] feature cache off: %s", prefix, why)
-        n_frozen = 0
     if n_frozen == 0:
         return model, inputs.preprocess, train, val
     pooled = n_frozen == len(layout.blocks)
     tag = f"{prefix}/feature_cache" + (f"_{phase.name}" if phase.name else "")
     t0 = time.perf_counter()
     why = features.unavailable_reason(cfg, pooled)
+    if why is None and stage.strategy.norm_stats == "adapt" and freezing.batch_norms(model):
+        why = "freeze.norm_stats=adapt: BatchNorm statistics in the frozen part move every batch"
+    if why is None and stage.loss.uses_teacher:
+        why = f"loss {stage.loss.name}: the teacher sees the images"
     cached = None
     if why is None:
         cached = _pooled_cache(inputs, cfg, train, val) if pooled else _block_cache(
@@ -309,19 +325,49 @@ def pretrain(inputs: Inputs, cfg: DictConfig, mlrun: Any, resume: Any = None) ->
     (their result is in the saved model) and the one it stands in continues."""
     remaining = target_stages(inputs)
     at = resume.point if resume is not None else None
+    resumed_in = at.stage if at is not None and at.repeat is None else None
+    replay = _replays(inputs, resumed_in)
+    teacher = None
     for i, stage in enumerate(inputs.stages[: len(inputs.stages) - len(remaining)]):
-        if at is not None and at.repeat is None and i < at.stage:
+        if resumed_in is not None and i < resumed_in and not replay:
             continue
         checkpoint = resume.stage(i, None) if resume is not None else None
-        _pretrain_stage(inputs, cfg, i, stage, mlrun, checkpoint)
+        if replay and i < resumed_in:
+            checkpoint = None  # trained again for the teacher; the saved state stays as it is
+        _pretrain_stage(inputs, cfg, i, stage, mlrun, checkpoint, teacher)
+        teacher = teacher_after(inputs, i)
     return remaining
 
 
+def _replays(inputs: Inputs, resumed_in: int | None) -> bool:
+    """Whether a run resumed in stage `resumed_in` trains the stages before it again: its
+    teacher (the previous stage's result) is not in the saved state, and training them again
+    from the same start gives it back exactly."""
+    return resumed_in is not None and inputs.stages[resumed_in].loss.uses_teacher
+
+
+def teacher_after(inputs: Inputs, i: int) -> torch.nn.Module | None:
+    """A frozen copy of the model as stage `i` left it (best epoch, head included), when the
+    next stage distils from it (losses.Distill); None otherwise."""
+    after = inputs.stages[i + 1] if i + 1 < len(inputs.stages) else None
+    if after is None or not after.loss.uses_teacher:
+        return None
+    teacher = copy.deepcopy(inputs.model).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+        p.grad = None
+    return teacher
+
+
 def _pretrain_stage(
-    inputs: Inputs, cfg: DictConfig, i: int, stage: Stage, mlrun: Any, checkpoint: Any
-) -> None:
+    inputs: Inputs, cfg: DictConfig, i: int, stage: Stage, mlrun: Any, checkpoint: Any,
+    teacher: torch.nn.Module | None,
+) -> None:  # fmt: skip
+    train = functools.partial(
+        run, inputs, cfg, stage, stage.name, cfg.seed + i, mlrun, None, checkpoint, teacher
+    )
     if not cfg.trainer.reuse_pretrain:
-        run(inputs, cfg, stage, stage.name, cfg.seed + i, mlrun, checkpoint=checkpoint)
+        train()
         return
     from transfersweep import reuse
 
@@ -341,7 +387,7 @@ def _pretrain_stage(
             )
             mlrun.log_metrics({f"{stage.name}/best_{_selected(cfg)}": meta["best_val"]})
             return
-        result = run(inputs, cfg, stage, stage.name, cfg.seed + i, mlrun, checkpoint=checkpoint)
+        result = train()
         entry.store(result.best_state, {"run_id": mlrun.run_id, "best_val": result.best_val})
         mlrun.set_tags({f"{stage.name}/cache_key": key})
 
@@ -371,26 +417,49 @@ def repeat(
     mlrun: Any,
     report: Report | None = None,
     resume: Any = None,
+    start: dict[str, torch.Tensor] | None = None,
 ) -> RepeatResult:
     """The target stages on repeat `rep`'s k-shot draw and seed, scored on the fixed val and
-    test splits; `report` feeds the pruner from the last stage. With `resume`, stages its saved
-    state is past are skipped (their result is in the saved model)."""
+    test splits; `report` feeds the pruner from the last stage. `start`: the weights the target
+    stages start from (snapshot), for a stage with `init: start`. With `resume`, stages its
+    saved state is past are skipped (their result is in the saved model)."""
     t0 = time.perf_counter()
     inputs = replace(inputs, data=inputs.data.drawn(rep.draw))
     first = len(inputs.stages) - len(target_stages)
     at = resume.point if resume is not None else None
+    resumed_in = at.stage if at is not None and at.repeat == rep.index else None
+    replay = _replays(inputs, resumed_in)
+    if replay and start is not None:
+        restore(inputs, start)  # the stages before the resumed one train again from the start
+    teacher = None
     for i, stage in enumerate(target_stages, start=first):
-        if at is not None and at.repeat == rep.index and i < at.stage:
+        if resumed_in is not None and i < resumed_in and not replay:
             continue
+        if stage.init == "start" and i > first:
+            assert start is not None, "train keeps the start when a stage restarts from it"
+            restore(inputs, start)
+            log.info("[%s] starts from the weights the target stages started from", stage.name)
         prefix = stage.name if rep.index == 0 else f"{stage.name}_r{rep.index}"
         last = stage is target_stages[-1]
         seed = cfg.seed + i + 1000 * rep.seed
         checkpoint = resume.stage(i, rep.index) if resume is not None else None
-        result = run(inputs, cfg, stage, prefix, seed, mlrun, report if last else None, checkpoint)
+        if replay and i < resumed_in:
+            checkpoint = None  # trained again for the teacher; the saved state stays as it is
+        result = run(
+            inputs, cfg, stage, prefix, seed, mlrun, report if last else None, checkpoint, teacher
+        )
+        teacher = teacher_after(inputs, i)
     scored = score(inputs, cfg, target_stages[-1])
     mlrun.log_metrics({f"repeat/{k}": v for k, v in scored.items()}, step=rep.index)
     seconds = time.perf_counter() - t0
     return RepeatResult(rep.index, inputs.data.target.digest(), seconds, scored, result)
+
+
+def needs_start(stages: list[Stage], n_repeats: int) -> bool:
+    """Whether the run keeps the weights the target stages start from (snapshot): several
+    repeats start from them, a stage restarts from them (`init: start`), or a distilling stage
+    may train the stages before it again on resume (teacher_after)."""
+    return n_repeats > 1 or any(s.init == "start" or s.loss.uses_teacher for s in stages)
 
 
 def score(inputs: Inputs, cfg: DictConfig, final: Stage) -> dict[str, float]:

@@ -98,11 +98,12 @@ def train(
     plan = repeats_mod.plan(cfg.trainer)
     if len(plan) > 1 and cfg.trainer.repeat_over != "seed" and ready.data.target.k_shot is None:
         log.info("data.target.k_shot=null: every repeat trains on all target images (seeds vary)")
+    keep_start = stages.needs_start(ready.stages, len(plan))
     if state is not None and state.past_source():
-        target_stages, start = stages.target_stages(ready), state.start() if len(plan) > 1 else None
+        target_stages, start = stages.target_stages(ready), state.start() if keep_start else None
     else:
         target_stages = stages.pretrain(ready, cfg, mlrun, state)
-        start = stages.snapshot(ready) if len(plan) > 1 else None
+        start = stages.snapshot(ready) if keep_start else None
         if state is not None and start is not None:
             state.set_start(start)
     repeats = state.done_repeats() if state is not None else []
@@ -114,7 +115,7 @@ def train(
         report = pruning.report if pruning is not None and i == 0 else None
         if report is not None and state is not None:
             report = state.recording(report)
-        repeats.append(stages.repeat(ready, cfg, target_stages, rep, mlrun, report, state))
+        repeats.append(stages.repeat(ready, cfg, target_stages, rep, mlrun, report, state, start))
         if state is not None:
             state.repeat_done(repeats[-1])
     seconds = time.perf_counter() - t0 + (state.elapsed_before if state is not None else 0.0)

@@ -215,6 +215,8 @@ def validate(cfg: DictConfig) -> None:
         cfg.pruner.name,
         "choose median, percentile, threshold, hyperband or none",
     )
-    from transfersweep import strategies
+    from transfersweep import losses, regime, strategies
 
     strategies.from_config(cfg.freeze)  # a registered strategy, and its own keys and types
+    losses.from_config(cfg.loss)
+    regime.check(cfg)  # each stage's own epochs, lr, strategy, loss and init
