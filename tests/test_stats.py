@@ -83,3 +83,9 @@ def test_verdict_without_repeats_says_untested_and_how_to_test():
     v = decide([_row(0, "joint", "full", [0.9]), _row(1, "joint", "last_layer", [0.8])])
     assert "joint+full ranks first" in v.text and "untested" in v.text
     assert "trainer.repeats>=5" in v.text
+
+
+def test_a_verdict_of_one_paradigm_says_so_instead_of_asking_for_repeats():
+    v = decide([_row(0, "target_only", "full", [0.90, 0.80, 0.95])])
+    assert v.text.startswith("target_only+full is the only paradigm scored (val 0.883 ± ")
+    assert "untested" not in v.text and "repeats>=" not in v.text

@@ -67,6 +67,11 @@ class DatasetConfig:
     # setting where BatchNorm adaptation and surgical fine-tuning of early blocks are studied.
     shift: str | None = None
     shift_severity: float = 1.0
+    # Imbalanced classes, in the stages that train on this side alone (a joint stage keeps its
+    # own mixing): none | sampler (each epoch draws its images with replacement, every class
+    # equally likely) | loss (cross-entropy weighted by n / (classes x count), scikit-learn's
+    # "balanced"). Pair it with trainer.objective=val_balanced_acc or val_macro_f1.
+    balance: str = "none"
 
 
 @dataclass

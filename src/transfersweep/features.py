@@ -95,6 +95,7 @@ def cached_batches(batches: Batches, features: FeatureSet) -> Batches:
         batches.shuffle,
         n_target=batches.n_target,
         target_share=batches.target_share,
+        balanced=batches.balanced,
     )
     out.gen = batches.gen  # same seeded order as the image batches would have had
     return out

@@ -53,8 +53,10 @@ class Loss:
             )
 
     def __call__(
-        self, logits: torch.Tensor, y: torch.Tensor, inputs: torch.Tensor, teacher: Any = None
-    ) -> torch.Tensor:
+        self, logits: torch.Tensor, y: torch.Tensor, inputs: torch.Tensor, teacher: Any = None,
+        weight: torch.Tensor | None = None,
+    ) -> torch.Tensor:  # fmt: skip
+        """`weight`: per-class weights of the cross-entropy (data.*.balance=loss), or None."""
         raise NotImplementedError
 
     def to_dict(self) -> dict[str, Any]:
@@ -66,8 +68,8 @@ class Loss:
 class CrossEntropy(Loss):
     name: ClassVar[str] = "ce"
 
-    def __call__(self, logits, y, inputs, teacher=None):
-        return F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+    def __call__(self, logits, y, inputs, teacher=None, weight=None):
+        return F.cross_entropy(logits, y, weight=weight, label_smoothing=self.label_smoothing)
 
 
 @register
@@ -92,7 +94,7 @@ class Distill(Loss):
         if not 0.0 <= self.weight <= 1.0:
             raise ConfigError(f"{where}.weight={self.weight!r}: use a value in [0, 1]")
 
-    def __call__(self, logits, y, inputs, teacher=None):
+    def __call__(self, logits, y, inputs, teacher=None, weight=None):
         assert teacher is not None, "distill needs its teacher (stages passes it)"
         with torch.no_grad():
             # a joint teacher's target logits come first (data.TransferData): the student's
@@ -103,7 +105,7 @@ class Distill(Loss):
             F.log_softmax(logits / t, dim=1), F.log_softmax(soft / t, dim=1),
             reduction="batchmean", log_target=True,
         )  # fmt: skip
-        hard = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+        hard = F.cross_entropy(logits, y, weight=weight, label_smoothing=self.label_smoothing)
         return self.weight * t * t * kl + (1.0 - self.weight) * hard
 
 

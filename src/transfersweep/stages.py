@@ -121,7 +121,7 @@ def _phases(
         lr_scales = {n: lr_scales.get(n, 1.0) * s for n, s in by_layer.items()}
 
     selected = _selected(cfg)
-    loss = functools.partial(stage.loss, teacher=teacher) if stage.loss.uses_teacher else stage.loss
+    loss = functools.partial(stage.loss, teacher=teacher, weight=_class_weights(inputs, cfg, stage))
 
     def on_epoch(st: engine.EpochStats) -> None:
         log.info(
@@ -185,6 +185,22 @@ def _phases(
     if not best_is_last:  # an earlier phase did better: the stage ends on its weights
         model.load_state_dict(best.best_state)
     return best
+
+
+def _class_weights(inputs: Inputs, cfg: DictConfig, stage: Stage) -> torch.Tensor | None:
+    """The cross-entropy's class weights when the stage's side says data.*.balance=loss (on
+    the training device), else None; a joint stage keeps its own mixing (data.joint_target_share)."""
+    from transfersweep.config import StageData
+    from transfersweep.data.batches import class_weights
+
+    if stage.data == StageData.joint:
+        return None
+    side = cfg.data.target if stage.data == StageData.target else cfg.data.source
+    if side.balance != "loss":
+        return None
+    data = inputs.data
+    labels = (data.target if stage.data == StageData.target else data.source).train.labels
+    return class_weights(labels, stage.num_classes).to(inputs.runtime.device)
 
 
 def _loss_note(stage: Stage) -> str:

@@ -124,6 +124,13 @@ def validate(cfg: DictConfig) -> None:
             ds.shift_severity,
             "use a positive strength",
         )
+        _check(
+            ds.balance in ("none", "sampler", "loss"),
+            f"data.{side}.balance",
+            ds.balance,
+            "choose none, sampler (every class equally likely in each epoch's draw) or loss "
+            "(class-weighted cross-entropy)",
+        )
     _check(
         not (t_.ood and t_.ood_root),
         "data.target.ood_root",

@@ -69,7 +69,8 @@ class TransferData:
                 **common,
             )
         part = self.target.train if data == StageData.target else self._source().train
-        return Batches(part, shuffle=True, **common)
+        side = d.target if data == StageData.target else d.source
+        return Batches(part, shuffle=True, balanced=side.balance == "sampler", **common)
 
     def eval_batches(
         self, data: StageData, split: str, cfg: DictConfig, pin_memory: bool = False

@@ -32,6 +32,8 @@ class Batches:
     rest from the others; the epoch length stays len(images) items.
     `augment` (training batches, data.augment) transforms each gathered uint8 batch with a
     seed drawn from the same generator, so the data order and the augmentation resume alike.
+    `balanced` (data.*.balance=sampler) draws each epoch's len(images) items with replacement,
+    each with probability 1 / (classes x its class's count): every class equally likely.
     """
 
     def __init__(
@@ -45,8 +47,10 @@ class Batches:
         target_share: float | None = None,
         pin_memory: bool = False,
         augment: TrainAugment | None = None,
+        balanced: bool = False,
     ):
         self.images, self.batch_size, self.shuffle = images, batch_size, shuffle
+        self.balanced = balanced
         self.augment = augment
         self.gen = torch.Generator().manual_seed(seed)
         self.num_workers, self.pin_memory = num_workers, pin_memory
@@ -59,7 +63,14 @@ class Batches:
         n = len(self.images)
         if self.target_share is not None and self.n_target:
             return self._joint_batches(n)
-        order = torch.randperm(n, generator=self.gen) if self.shuffle else torch.arange(n)
+        if self.balanced:
+            order = torch.multinomial(
+                balanced_weights(self.images.labels), n, True, generator=self.gen
+            )
+        elif self.shuffle:
+            order = torch.randperm(n, generator=self.gen)
+        else:
+            order = torch.arange(n)
         batches = list(order.split(self.batch_size))
         if self.shuffle and len(batches) > 1 and len(batches[-1]) == 1:
             batches[-2:] = [torch.cat(batches[-2:])]  # BatchNorm cannot train on a batch of one
@@ -106,6 +117,21 @@ class Batches:
             if pin:
                 x, y = x.pin_memory(), y.pin_memory()
             yield x, y
+
+
+def balanced_weights(labels: torch.Tensor) -> torch.Tensor:
+    """Per item: 1 / (classes x its class's count), so each class's items sum to 1 / classes."""
+    counts = torch.bincount(labels)
+    present = int((counts > 0).sum())
+    return 1.0 / (present * counts[labels].double())
+
+
+def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """n / (classes x count) per class (scikit-learn's "balanced"; 0 for an absent class)."""
+    counts = torch.bincount(labels, minlength=num_classes).double()
+    present = int((counts > 0).sum())
+    w = torch.where(counts > 0, len(labels) / (present * counts.clamp(min=1)), 0.0)
+    return w.float()
 
 
 def _cycle(order: torch.Tensor, length: int, gen: torch.Generator) -> torch.Tensor:
