@@ -45,7 +45,7 @@ def _row(number: int, regime: str, strategy: str, vals: list[float]) -> Row:
     record = Record(list(range(len(vals))), scores={"val_acc": vals})
     return Row(
         number, "COMPLETE", Paradigm(regime, strategy, strategy, {}), f"run{number}", {}, "",
-        record=record,
+        objective="val_acc", record=record,
     )  # fmt: skip
 
 

@@ -15,7 +15,7 @@ from transfersweep.sweep.row import Row, pm
 log = logging.getLogger(__name__)
 
 
-def pareto(trials: list[Row], front: list[Row], path: Path) -> None:
+def pareto(trials: list[Row], front: list[Row], objective: str, path: Path) -> None:
     """Every completed trial (accuracy against cost), the front joined and labelled."""
     import matplotlib
 
@@ -34,8 +34,8 @@ def pareto(trials: list[Row], front: list[Row], path: Path) -> None:
                     xytext=(4, 4), textcoords="offset points")  # fmt: skip
     ax.set_xscale("log")
     ax.set_xlabel("target stages: training seconds per repeat (log)")
-    ax.set_ylabel(f"target {front[0].objective} (mean, 95% CI)")
-    ax.set_title(f"{front[0].objective} against training cost")
+    ax.set_ylabel(f"target {objective} (mean, 95% CI)")
+    ax.set_title(f"{objective} against training cost")
     ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -43,7 +43,11 @@ def pareto(trials: list[Row], front: list[Row], path: Path) -> None:
 
 
 def paradigms(
-    study: Any, best: dict[tuple[str, str], Row], layout: tuple[list[str], list[str]], out_dir: Path
+    study: Any,
+    best: dict[tuple[str, str], Row],
+    layout: tuple[list[str], list[str]],
+    objective: str,
+    out_dir: Path,
 ) -> None:
     """The regime x strategy heatmap (`layout`: its rows and columns), then Optuna's history
     and fANOVA importances."""
@@ -75,7 +79,6 @@ def paradigms(
                     color="k" if r is None or (r.value or 0.0) >= 0.6 else "w",
                     fontsize=9,
                 )
-        objective = next(iter(best.values())).objective
         ax.set_title(f"best target {objective} per paradigm (mean ± 95% CI)")
         fig.colorbar(im, ax=ax, fraction=0.04)
         fig.tight_layout()

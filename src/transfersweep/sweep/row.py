@@ -25,7 +25,7 @@ class Row:
     run_id: str
     params: dict[str, Any]
     error: str
-    objective: str = "val_acc"  # trainer.objective: the score name that ranks
+    objective: str  # trainer.objective: the score name that ranks
     record: Record | None = None  # None: the run scored nothing (failed, pruned)
     target_seconds: float | None = None  # the target stages per repeat: the paradigm's cost
 

@@ -94,10 +94,9 @@ def header(objective: str) -> str:
     )
 
 
-def table_markdown(best: dict[tuple[str, str], Row], verdict: Any = None) -> str:
+def table_markdown(best: dict[tuple[str, str], Row], objective: str, verdict: Any = None) -> str:
     """The regime x strategy table; `verdict` (of these rows) marks the winner and the tied."""
     regimes, freezes = axes(best)
-    objective = next(iter(best.values())).objective if best else "val_acc"
     if verdict is not None and not any(c.status in ("tied", "worse") for c in verdict.comparisons):
         verdict = None  # an untested ranking marks no winner
     marks = (
@@ -119,8 +118,7 @@ def table_markdown(best: dict[tuple[str, str], Row], verdict: Any = None) -> str
     return "\n".join(lines) + "\n"
 
 
-def confirmation_markdown(verdict: Any) -> str:
-    objective = verdict.comparisons[0].row.objective if verdict.comparisons else "val_acc"
+def confirmation_markdown(verdict: Any, objective: str) -> str:
     on_test = scores.on(objective, "test")
     lines = [
         "Confirmation: the best configuration of the top paradigms re-run on fresh repeats "
@@ -181,12 +179,12 @@ def build(study: Any, objective: str, confirmed: list[Row] | None = None) -> Sum
     note = study.user_attrs.get("space_note")
     if note:  # e.g. no source set: the regimes that need one were not searched
         final.text = f"{final.text.rstrip('.')}. {note}"
-    md = table_markdown(best, None if confirmed else search)
+    md = table_markdown(best, objective, None if confirmed else search)
     if confirmed:
-        md += "\n" + confirmation_markdown(final)
+        md += "\n" + confirmation_markdown(final, objective)
     front = pareto_front(study, trials)
     if front:
-        md += "\n" + pareto_markdown(front)
+        md += "\n" + pareto_markdown(front, objective)
     md += f"\n**Verdict**: {final.text}\n"
     return Summary(trials, best, final, md, front)
 
@@ -200,8 +198,7 @@ def pareto_front(study: Any, trials: list[Row]) -> list[Row]:
     return sorted(front, key=lambda r: (r.target_seconds or 0.0, -(r.value or 0.0)))
 
 
-def pareto_markdown(front: list[Row]) -> str:
-    objective = front[0].objective
+def pareto_markdown(front: list[Row], objective: str) -> str:
     lines = [
         f"Pareto front: no other trial is both better and cheaper (target {objective} "
         "against the target stages' training seconds per repeat).",
@@ -252,9 +249,9 @@ def write(study: Any, out_dir: Path, objective: str, confirmed: list[Row] | None
             ["trial", *columns],
             [[r.number, *r.results()] for r in s.front],
         )
-        plots.pareto(s.trials, s.front, out_dir / "pareto_front.png")
+        plots.pareto(s.trials, s.front, objective, out_dir / "pareto_front.png")
     (out_dir / "verdict.txt").write_text(s.verdict.text + "\n", encoding="utf-8")
-    plots.paradigms(study, s.best, axes(s.best), out_dir)
+    plots.paradigms(study, s.best, axes(s.best), objective, out_dir)
     return s
 
 

@@ -72,7 +72,7 @@ def _text(v: Verdict) -> str:
     assert v.winner is not None
     where = " in the confirmation runs" if v.source == "confirmation" else ""
     by = {s: [c for c in v.comparisons if c.status == s] for s in ("tied", "worse", "untested")}
-    if not v.comparisons:  # one paradigm (a search of its settings alone): nothing to test
+    if len(v.comparisons) == 1:  # the winner alone (one paradigm searched): nothing to test
         return (
             f"{v.winner.paradigm.name} is the only paradigm scored{where} ({_pm(v.winner)}); "
             "its best configuration is the answer"
