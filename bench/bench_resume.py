@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from common import compose, report
 
-from transfersweep import inputs, resume, train
+from transfersweep import inputs, progress, resume, train
 from transfersweep.paradigm import Paradigm
 from transfersweep.sweep.trial import TrialLink
 from transfersweep.tracking import NoRun
@@ -44,7 +44,8 @@ def _trial(overrides: list[str], outputs: Path, on: bool):
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     t0 = time.perf_counter()
-    out = train.train(ready, cfg, Paradigm.from_cfg(cfg), TrialLink(), NoRun(), state)
+    with progress.installed(state):
+        out = train.train(ready, cfg, Paradigm.from_cfg(cfg), TrialLink(), NoRun())
     if state is not None:
         state.wait()  # the last write counts too
     seconds = time.perf_counter() - t0

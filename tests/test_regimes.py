@@ -129,9 +129,9 @@ def test_self_distillation_trains_a_fresh_copy_from_the_first_models_predictions
     seen = []
     real_run = stages.run
 
-    def spy(ready, cfg, stage, prefix, seed, mlrun, report=None, checkpoint=None, teacher=None):
+    def spy(ready, cfg, stage, prefix, seed, mlrun, report=None, teacher=None):
         start = {k: v.clone() for k, v in ready.model.state_dict().items()}
-        out = real_run(ready, cfg, stage, prefix, seed, mlrun, report, checkpoint, teacher)
+        out = real_run(ready, cfg, stage, prefix, seed, mlrun, report, teacher)
         teacher_state = {k: v.clone() for k, v in teacher.state_dict().items()} if teacher else None
         seen.append((prefix, start, out, teacher_state))
         return out

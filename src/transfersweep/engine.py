@@ -14,13 +14,12 @@ import time
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
-from transfersweep import freezing
+from transfersweep import freezing, progress
 from transfersweep.data import Batches, Preprocess
 from transfersweep.errors import TrainingError
 
@@ -208,7 +207,6 @@ def fit(
     first_epoch: int = 1,
     lr_scales: Mapping[str, float] | None = None,
     frozen_stats: bool = False,
-    checkpoint: Any = None,
     adapt_stats: bool = False,
     loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> FitResult:
@@ -218,8 +216,8 @@ def fit(
     stage's later phases go on counting); with `eval_classes`, only the first that many logits count at evaluation; `frozen_stats`
     keeps every BatchNorm in eval mode; `adapt_stats` (freeze.norm_stats=adapt) puts every
     BatchNorm in training mode instead, frozen ones included, so only its running statistics
-    move where its weights are frozen. A `checkpoint` (transfersweep.resume.FitCheckpoint)
-    puts a saved epoch back before the loop and saves every epoch the loop completes. `loss`
+    move where its weights are frozen. An interrupted run's saved epoch is put back before the
+    loop, and every epoch the loop completes is saved (transfersweep.progress). `loss`
     (logits, labels, the model's input) -> scalar (transfersweep.losses, its teacher bound):
     cross-entropy when None; evaluation's loss is cross-entropy always."""
     from transfersweep import scores
@@ -237,9 +235,7 @@ def fit(
     if frozen_stats and not adapt:  # every BatchNorm keeps its statistics (Phase.norm_stats)
         frozen += freezing.batch_norms(model)
     result = FitResult()
-    done = 0  # the last epoch already trained (a resumed run)
-    if checkpoint is not None:
-        done = checkpoint.restore(model, opt, sched, scaler, train.gen, result)
+    done = progress.restore(model, opt, sched, scaler, train.gen, result)  # 0: a fresh start
     for epoch in range(max(first_epoch, done + 1), first_epoch + epochs):
         t0 = time.perf_counter()
         freezing.train_mode(model, frozen, adapt)
@@ -286,6 +282,5 @@ def fit(
             }
         if on_epoch is not None:
             on_epoch(stats)
-        if checkpoint is not None:
-            checkpoint.save(epoch, opt, sched, scaler, train.gen, result)
+        progress.save(epoch, opt, sched, scaler, train.gen, result)
     return result

@@ -17,8 +17,9 @@ kill keeps them. Every epoch is replayed exactly: the MLflow run is continued (t
 tracking.start), the pruner gets the resumed trial's earlier reports again, and on the same
 device and threads the resumed run ends with the metrics of an uninterrupted one.
 
-(Over 400 lines: one class each mirrors train / stage / fit, and the format and its atomic
-writes live here too; turning the mirrors into a hook the loop calls is planned.)
+Nobody carries this state: train.run installs it (transfersweep.progress), and the recipe,
+the stage runner and engine.fit reach it through that hook. (Over 400 lines: the run's,
+a stage's and an epoch's side of the state, and the format and its atomic writes, together.)
 """
 
 from __future__ import annotations

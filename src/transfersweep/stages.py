@@ -20,8 +20,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from transfersweep import engine, features, freezing, scores
-from transfersweep.data import Batches
+from transfersweep import engine, features, freezing, progress, scores
 from transfersweep.inputs import Inputs
 from transfersweep.regime import Stage
 from transfersweep.repeats import Repeat, RepeatResult
@@ -67,12 +66,11 @@ def run(
     seed: int,
     mlrun: Any,
     report: Report | None = None,
-    checkpoint: Any = None,
     teacher: torch.nn.Module | None = None,
 ) -> StageResult:
-    """Train `stage` (metrics under `prefix`) and leave the model at its best epoch; with a
-    `checkpoint` (transfersweep.resume.StageCheckpoint), from its saved epoch, saving each;
-    `teacher`: the model a distilling loss learns from (see teacher_after)."""
+    """Train `stage` (metrics under `prefix`) and leave the model at its best epoch (from its
+    saved epoch when an interrupted run stands in it: transfersweep.progress); `teacher`: the
+    model a distilling loss learns from (see teacher_after)."""
     model, runtime, strategy = inputs.model, inputs.runtime, stage.strategy
     torch.manual_seed(seed)
     model.reset_classifier(stage.num_classes)  # every stage starts from a fresh head
@@ -82,9 +80,8 @@ def run(
     model.to(runtime.device)
     try:
         best = _phases(
-            replace(inputs, layout=layout), cfg, stage, prefix, seed, mlrun, report, checkpoint,
-            teacher,
-        )  # fmt: skip
+            replace(inputs, layout=layout), cfg, stage, prefix, seed, mlrun, report, teacher
+        )
     finally:
         strategy.detach(model)  # a plain timm model again, whatever happened
     if layout is not inputs.layout:  # the best state had adapters: keep the merged model's
@@ -106,7 +103,6 @@ def _phases(
     seed: int,
     mlrun: Any,
     report: Report | None,
-    checkpoint: Any,
     teacher: torch.nn.Module | None,
 ) -> StageResult:
     """The stage's phases on `inputs.layout` (adapters attached); the model ends at its best.
@@ -140,14 +136,14 @@ def _phases(
     pin = runtime.device.type == "cuda"
     best: StageResult | None = None
     epoch, trainable = 1, 0
-    resume_phase = checkpoint.saved_phase if checkpoint is not None else None
+    resume_phase = progress.resumed_phase()
     for i, phase in enumerate(phases):
         if resume_phase is not None and i < resume_phase:
             epoch += phase.epochs
             continue
         if i == resume_phase:
-            best = checkpoint.restore_model(model)
-            log.info("[%s] resumed from epoch %d", prefix, checkpoint.saved.point.epoch)
+            best = progress.restore_model(model)
+            log.info("[%s] resumed in its phase %d", prefix, i + 1)
         plan = freezing.set_trainable(inputs.layout, phase.trains)
         trainable = plan.trainable
         log.info(
@@ -162,19 +158,18 @@ def _phases(
         mlrun.log_metrics(counts)
         train = data.train_batches(stage.data, cfg, seed=seed + i, pin_memory=pin)
         val = data.eval_batches(stage.data, "val", cfg, pin_memory=pin)
-        fit_model, fit_prep, train, val = _with_feature_cache(
+        fit_model, fit_prep, train, val = features.for_phase(
             inputs, cfg, stage, phase, prefix, train, val, mlrun
         )
         lr, scales = _rates(lr_scales, cfg, stage, phase, inputs.layout.head)
-        result = engine.fit(
-            fit_model, train, val, fit_prep, runtime, cfg, phase.epochs,
-            lr=lr, eval_classes=stage.eval_classes, on_epoch=on_epoch,
-            first_epoch=epoch, lr_scales=_scales_for(fit_model, model, scales),
-            frozen_stats=not phase.norm_stats or stage.strategy.norm_stats == "keep",
-            adapt_stats=stage.strategy.norm_stats == "adapt",
-            checkpoint=checkpoint.phase(i, model, best) if checkpoint is not None else None,
-            loss=loss,
-        )  # fmt: skip
+        with progress.phase(i, model, best):
+            result = engine.fit(
+                fit_model, train, val, fit_prep, runtime, cfg, phase.epochs,
+                lr=lr, eval_classes=stage.eval_classes, on_epoch=on_epoch,
+                first_epoch=epoch, lr_scales=_scales_for(fit_model, model, scales),
+                frozen_stats=not phase.norm_stats or stage.strategy.norm_stats == "keep",
+                adapt_stats=stage.strategy.norm_stats == "adapt", loss=loss,
+            )  # fmt: skip
         fit_model.load_state_dict(result.best_state)  # the next phase starts from the best
         best_is_last = best is None or result.best_val > best.best_val
         if best_is_last:
@@ -232,125 +227,29 @@ def _rates(
     return lr, dict(lr_scales) | {n: lr_scales.get(n, 1.0) * factor for n in head}
 
 
-def _with_feature_cache(
-    inputs: Inputs,
-    cfg: DictConfig,
-    stage: Stage,
-    phase: Phase,
-    prefix: str,
-    train: Batches,
-    val: Batches,
-    mlrun: Any,
-) -> tuple[torch.nn.Module, torch.nn.Module, Batches, Batches]:
-    """(model to fit, its preprocessing, train batches, val batches). When the strategy says
-    the first blocks stay frozen in this phase, their output is computed once (same batching
-    and seeds) and the rest of the model trains on it: the head alone on pooled features when
-    the whole backbone is frozen (transfersweep.features), the trainable suffix on the
-    activation at the block boundary otherwise (transfersweep.prefix_cache)."""
-    layout, model = inputs.layout, inputs.model
-    n_frozen = stage.strategy.cached_prefix(layout, phase)
-    if n_frozen == 0:
-        return model, inputs.preprocess, train, val
-    pooled = n_frozen == len(layout.blocks)
-    tag = f"{prefix}/feature_cache" + (f"_{phase.name}" if phase.name else "")
-    t0 = time.perf_counter()
-    why = features.unavailable_reason(cfg, pooled)
-    if why is None and stage.strategy.norm_stats == "adapt" and freezing.batch_norms(model):
-        why = "freeze.norm_stats=adapt: BatchNorm statistics in the frozen part move every batch"
-    if why is None and stage.loss.uses_teacher:
-        why = f"loss {stage.loss.name}: the teacher sees the images"
-    cached = None
-    if why is None:
-        cached = _pooled_cache(inputs, cfg, train, val) if pooled else _block_cache(
-            inputs, cfg, n_frozen, train, val
-        )  # fmt: skip
-        why = cached if isinstance(cached, str) else None
-    if why is not None:
-        log.info("[%s] feature cache off: %s (the full forward runs every epoch)", prefix, why)
-        mlrun.set_tags({tag: f"off: {why}"})
-        return model, inputs.preprocess, train, val
-    fit_model, train, val, what = cached
-    log.info(
-        "[%s] feature cache: %s of %d images in %.1fs",
-        prefix, what, len(train.images) + len(val.images), time.perf_counter() - t0,
-    )  # fmt: skip
-    mlrun.set_tags({tag: "on" if pooled else f"on: {what}"})
-    return fit_model, features.NoPrep(), train, val
-
-
-def _unshuffled(train: Batches, cfg: DictConfig) -> Batches:
-    return Batches(
-        train.images, cfg.trainer.eval_batch_size, shuffle=False, pin_memory=train.pin_memory
-    )
-
-
-def _pooled_cache(inputs: Inputs, cfg: DictConfig, train: Batches, val: Batches):
-    model, prep, runtime = inputs.model, inputs.preprocess, inputs.runtime
-    cached = features.extract(model, _unshuffled(train, cfg), prep, runtime)
-    train = features.cached_batches(train, cached)
-    val = Batches(features.extract(model, val, prep, runtime), val.batch_size, shuffle=False)
-    return model.get_classifier(), train, val, "backbone features"
-
-
-def _block_cache(inputs: Inputs, cfg: DictConfig, n_frozen: int, train: Batches, val: Batches):
-    """The suffix and the batches of boundary activations, or why not (a string)."""
-    from transfersweep import prefix_cache
-
-    layout, prep, runtime = inputs.layout, inputs.preprocess, inputs.runtime
-    cut = prefix_cache.split(layout, n_frozen)
-    if isinstance(cut, str):
-        return cut
-    model = inputs.model
-    probe = features.extract(model, val, prep, runtime, cut.prefix_eval, dtype=None, limit=1)
-    numel, produced = probe.features[0].numel(), probe.features.dtype
-    n = len(train.images) + len(val.images)
-    budget, need = cfg.data.memory_budget_mb * 2**20, numel * n * produced.itemsize
-    dtype = None  # as the prefix produces them
-    if need > budget:
-        if numel * n * 2 > budget or produced.itemsize <= 2:
-            return (
-                f"the output of block {n_frozen} takes {need / 2**20:.0f} MB for {n} images, over "
-                f"data.memory_budget_mb={cfg.data.memory_budget_mb}"
-                + (" (even at float16)" if produced.itemsize > 2 else "")
-            )
-        dtype, need = torch.float16, numel * n * 2
-    unshuffled = _unshuffled(train, cfg)
-    cached = features.extract(model, unshuffled, prep, runtime, cut.prefix_train, dtype)
-    val_set = features.extract(model, val, prep, runtime, cut.prefix_eval, dtype)
-    if dtype is not None:
-        if not (cached.features.isfinite().all() and val_set.features.isfinite().all()):
-            return "the frozen blocks' output overflows float16, and float32 is over the budget"
-        cut.suffix.input_dtype = produced
-    train = features.cached_batches(train, cached)
-    val = Batches(val_set, val.batch_size, shuffle=False)
-    stored = str(cached.features.dtype).removeprefix("torch.")
-    what = f"output of block {n_frozen}/{len(layout.blocks)} ({stored}, {need / 2**20:.1f} MB)"
-    return cut.suffix, train, val, what
-
-
 def target_stages(inputs: Inputs) -> list[Stage]:
     """The stages from the first that sees target data: they run once per repeat."""
     first_target = next(i for i, s in enumerate(inputs.stages) if s.on_target)
     return inputs.stages[first_target:]
 
 
-def pretrain(inputs: Inputs, cfg: DictConfig, mlrun: Any, resume: Any = None) -> list[Stage]:
+def pretrain(inputs: Inputs, cfg: DictConfig, mlrun: Any) -> list[Stage]:
     """Run the source stages before the first target stage (each once per distinct input,
-    reused across runs); returns the stages that remain: the target ones, which repeat. With
-    `resume` (transfersweep.resume.Resume), source stages its saved state is past are skipped
-    (their result is in the saved model) and the one it stands in continues."""
+    reused across runs); returns the stages that remain: the target ones, which repeat. An
+    interrupted run skips the source stages its saved state is past (their result is in the
+    saved model) and continues the one it stands in (transfersweep.progress)."""
     remaining = target_stages(inputs)
-    at = resume.point if resume is not None else None
-    resumed_in = at.stage if at is not None and at.repeat is None else None
+    if progress.past_source():
+        return remaining  # the repeats start from the saved start (progress.start)
+    resumed_in = progress.resumed_in(None)
     replay = _replays(inputs, resumed_in)
     teacher = None
     for i, stage in enumerate(inputs.stages[: len(inputs.stages) - len(remaining)]):
-        if resumed_in is not None and i < resumed_in and not replay:
+        before = resumed_in is not None and i < resumed_in
+        if before and not replay:
             continue
-        checkpoint = resume.stage(i, None) if resume is not None else None
-        if replay and i < resumed_in:
-            checkpoint = None  # trained again for the teacher; the saved state stays as it is
-        _pretrain_stage(inputs, cfg, i, stage, mlrun, checkpoint, teacher)
+        with progress.stage(i, None, save=not before):  # trained again for the teacher: no saving
+            _pretrain_stage(inputs, cfg, i, stage, mlrun, teacher)
         teacher = teacher_after(inputs, i)
     return remaining
 
@@ -376,11 +275,10 @@ def teacher_after(inputs: Inputs, i: int) -> torch.nn.Module | None:
 
 
 def _pretrain_stage(
-    inputs: Inputs, cfg: DictConfig, i: int, stage: Stage, mlrun: Any, checkpoint: Any,
-    teacher: torch.nn.Module | None,
-) -> None:  # fmt: skip
+    inputs: Inputs, cfg: DictConfig, i: int, stage: Stage, mlrun: Any, teacher: Any
+) -> None:
     train = functools.partial(
-        run, inputs, cfg, stage, stage.name, cfg.seed + i, mlrun, None, checkpoint, teacher
+        run, inputs, cfg, stage, stage.name, cfg.seed + i, mlrun, None, teacher
     )
     if not cfg.trainer.reuse_pretrain:
         train()
@@ -432,24 +330,23 @@ def repeat(
     rep: Repeat,
     mlrun: Any,
     report: Report | None = None,
-    resume: Any = None,
     start: dict[str, torch.Tensor] | None = None,
 ) -> RepeatResult:
     """The target stages on repeat `rep`'s k-shot draw and seed, scored on the fixed val and
     test splits; `report` feeds the pruner from the last stage. `start`: the weights the target
-    stages start from (snapshot), for a stage with `init: start`. With `resume`, stages its
-    saved state is past are skipped (their result is in the saved model)."""
+    stages start from (snapshot), for a stage with `init: start`. An interrupted run skips the
+    stages its saved state is past (their result is in the saved model)."""
     t0 = time.perf_counter()
     inputs = replace(inputs, data=inputs.data.drawn(rep.draw))
     first = len(inputs.stages) - len(target_stages)
-    at = resume.point if resume is not None else None
-    resumed_in = at.stage if at is not None and at.repeat == rep.index else None
+    resumed_in = progress.resumed_in(rep.index)
     replay = _replays(inputs, resumed_in)
     if replay and start is not None:
         restore(inputs, start)  # the stages before the resumed one train again from the start
     teacher = None
     for i, stage in enumerate(target_stages, start=first):
-        if resumed_in is not None and i < resumed_in and not replay:
+        before = resumed_in is not None and i < resumed_in
+        if before and not replay:
             continue
         if stage.init == "start" and i > first:
             assert start is not None, "train keeps the start when a stage restarts from it"
@@ -458,12 +355,8 @@ def repeat(
         prefix = stage.name if rep.index == 0 else f"{stage.name}_r{rep.index}"
         last = stage is target_stages[-1]
         seed = cfg.seed + i + 1000 * rep.seed
-        checkpoint = resume.stage(i, rep.index) if resume is not None else None
-        if replay and i < resumed_in:
-            checkpoint = None  # trained again for the teacher; the saved state stays as it is
-        result = run(
-            inputs, cfg, stage, prefix, seed, mlrun, report if last else None, checkpoint, teacher
-        )
+        with progress.stage(i, rep.index, save=not before):  # again for the teacher: no saving
+            result = run(inputs, cfg, stage, prefix, seed, mlrun, report if last else None, teacher)
         teacher = teacher_after(inputs, i)
     scored = score(inputs, cfg, target_stages[-1])
     mlrun.log_metrics({f"repeat/{k}": v for k, v in scored.items()}, step=rep.index)

@@ -37,7 +37,7 @@ register_schemas()
 
 def run(cfg: DictConfig) -> float:
     """Run one paradigm; returns the objective (trainer.objective): its mean over repeats."""
-    from transfersweep import inputs, resume, scores, tracking
+    from transfersweep import inputs, progress, resume, scores, tracking
     from transfersweep.memory import memory_guard
     from transfersweep.sweep.trial import TrialLink
 
@@ -54,13 +54,13 @@ def run(cfg: DictConfig) -> float:
     track = functools.partial(
         tracking.start, cfg, name, tags, state.run_id if state else None
     )  # a resumed run continues its MLflow run
-    with resume.kept_on_interrupt(state):
+    with resume.kept_on_interrupt(state), progress.installed(state):
         with track() if link.active else nullcontext() as early:
             ready = memory_guard(
                 cfg, "preparing data and model", inputs.load, cfg, link.parallel_jobs
             )
             with nullcontext(early) if early else track() as mlrun:
-                out = memory_guard(cfg, "training", train, ready, cfg, paradigm, link, mlrun, state)
+                out = memory_guard(cfg, "training", train, ready, cfg, paradigm, link, mlrun)
     where = f"MLflow run {mlrun.run_id} in {tracking.redact(mlrun.uri)} -> `make ui`, then {mlrun.ui_url()}"
     shown = [out.objective] + [
         n for s in ("val", "test", "ood") if (n := scores.on(out.objective, s)) in out.record.scores
@@ -80,45 +80,35 @@ def _pm(e: Any) -> str:
     return f"{e.mean:.4f}" if e.ci95 is None else f"{e.mean:.4f} ± {e.ci95:.4f} (95% CI, n={e.n})"
 
 
-def train(
-    ready: Any, cfg: DictConfig, paradigm: Paradigm, link: Any, mlrun: Any, state: Any = None
-):
+def train(ready: Any, cfg: DictConfig, paradigm: Paradigm, link: Any, mlrun: Any):
     """Source stages once, the target stages once per repeat (each from the same start, on its
     own k-shot draw and seed: transfersweep.repeats), then the results. The first repeat's
-    last stage feeds the sweep's pruner. With `state` (transfersweep.resume.Resume), every
-    epoch is saved, and a saved state is continued from its last epoch."""
+    last stage feeds the sweep's pruner. An interrupted run continues where it stood
+    (transfersweep.progress: asked once here, and by the stages and the loop as they go)."""
+    from transfersweep import progress, results, stages
     from transfersweep import repeats as repeats_mod
-    from transfersweep import results, stages
 
     t0 = time.perf_counter()
     results.log_inputs(mlrun, cfg, ready)
     pruning = link.pruning(cfg.pruner)
-    if state is not None:
-        state.attach(mlrun, ready.stages, pruning)
+    standing = progress.begin(mlrun, ready.stages, pruning)
     plan = repeats_mod.plan(cfg.trainer)
     if len(plan) > 1 and cfg.trainer.repeat_over != "seed" and ready.data.target.k_shot is None:
         log.info("data.target.k_shot=null: every repeat trains on all target images (seeds vary)")
-    keep_start = stages.needs_start(ready.stages, len(plan))
-    if state is not None and state.past_source():
-        target_stages, start = stages.target_stages(ready), state.start() if keep_start else None
-    else:
-        target_stages = stages.pretrain(ready, cfg, mlrun, state)
-        start = stages.snapshot(ready) if keep_start else None
-        if state is not None and start is not None:
-            state.set_start(start)
-    repeats = state.done_repeats() if state is not None else []
+    target_stages = stages.pretrain(ready, cfg, mlrun)
+    start = None
+    if stages.needs_start(ready.stages, len(plan)):
+        start = progress.start(lambda: stages.snapshot(ready))
+    repeats = list(standing.repeats)  # scored before an interruption
     for i, rep in enumerate(plan):
         if any(r.index == rep.index for r in repeats):
-            continue  # scored before the interruption
+            continue
         if start is not None and i > 0:
             stages.restore(ready, start)
-        report = pruning.report if pruning is not None and i == 0 else None
-        if report is not None and state is not None:
-            report = state.recording(report)
-        repeats.append(stages.repeat(ready, cfg, target_stages, rep, mlrun, report, state, start))
-        if state is not None:
-            state.repeat_done(repeats[-1])
-    seconds = time.perf_counter() - t0 + (state.elapsed_before if state is not None else 0.0)
+        report = progress.recording(pruning.report) if pruning is not None and i == 0 else None
+        repeats.append(stages.repeat(ready, cfg, target_stages, rep, mlrun, report, start))
+        progress.repeat_done(repeats[-1])
+    seconds = time.perf_counter() - t0 + standing.elapsed_before
     return results.log(mlrun, link, cfg, paradigm, ready, repeats, seconds)
 
 
