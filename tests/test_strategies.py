@@ -51,7 +51,7 @@ def test_the_head_rate_depends_on_whether_blocks_train_with_it():
         stage = Stage("target", data, 5, 1e-3, strategy, 3, None)
         out = []
         for phase in strategy.phases(layout, 5):
-            _, scales = _rates({}, cfg, stage, phase, layout.head)
+            _, scales = _rates({}, cfg, stage, phase, layout)
             assert set(scales) in (set(), head)  # only the head's rate moves
             out.append((phase.lr_scale, scales.get(next(iter(head)), 1.0)))
         return out
@@ -61,6 +61,9 @@ def test_the_head_rate_depends_on_whether_blocks_train_with_it():
     # lp_ft's probe has its own rate (freeze.probe_lr_scale): no second factor on top of it
     assert head_factors("lp_ft", probe_epochs=2) == [(10.0, 1.0), (None, 2.0)]
     assert head_factors("last_layer", StageData.source) == [(None, 1.0)]  # pretraining: none
+    # beside an early block, the head's input is still frozen: the probe's rate (surgical)
+    assert head_factors("surgical", block=2) == [(None, 10.0)]
+    assert head_factors("last_blocks", n_blocks=1) == [(None, 2.0)]  # the last block trains
 
 
 def test_phases_and_cached_prefix_of_the_built_ins():

@@ -145,8 +145,9 @@ class OptimizerConfig:
     # at lr. 1.0 = off; sweep it with e.g. optimizer.layer_decay=interval(0.5,1.0).
     layer_decay: float = 1.0
     # The fresh classifier's learning rate in stages that see target data, x lr, by phase:
-    # `probe_lr_scale` where the head trains alone on frozen features (a linear probe),
-    # `head_lr_scale` where blocks train with it. 1.0 = the same lr. adamw_pretrained sets
+    # `probe_lr_scale` where what the head sees is frozen (the last block does not train: a
+    # linear probe, surgical), `head_lr_scale` where the last block trains with it. 1.0 = the
+    # same lr. adamw_pretrained sets
     # the probe to 10x and keeps the head at 1x, as measured (docs/real-task.md).
     head_lr_scale: float = 1.0
     probe_lr_scale: float = 1.0
