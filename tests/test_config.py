@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -121,6 +122,17 @@ def test_cfg_job_prints_composed_config_quickly(tmp_path):
     cfg = OmegaConf.create(res.stdout)
     assert cfg.backbone.name == "vit_tiny_patch16_224" and cfg.regime.name == "joint"
     assert elapsed < 20, f"--cfg job took {elapsed:.1f}s: heavy imports are not deferred"
+
+
+@pytest.mark.parametrize("override", ["trainer.target_epochs=0", "loss.label_smoothing=2"])
+def test_a_bad_value_fails_before_torch_is_imported(tmp_path, override):
+    """A range error of a single run is found by the config checks alone (exit 2): no torch,
+    timm or MLflow import, so it costs a second (bench_startup times it)."""
+    res = cli([override], cwd=tmp_path, env={"PYTHONPROFILEIMPORTTIME": "1"})
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert override.split("=")[0] in res.stdout + res.stderr
+    heavy = re.findall(r"\|\s+(torch|timm|mlflow)$", res.stderr, flags=re.MULTILINE)
+    assert not heavy, heavy
 
 
 def test_unknown_group_option_lists_choices(tmp_path):

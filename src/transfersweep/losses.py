@@ -19,12 +19,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
-
-import torch
-import torch.nn.functional as F
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from transfersweep.errors import ConfigError
+
+if TYPE_CHECKING:  # torch loads when a loss is called: config checks stay fast
+    import torch
 
 _LOSSES: dict[str, type[Loss]] = {}
 
@@ -69,6 +69,8 @@ class CrossEntropy(Loss):
     name: ClassVar[str] = "ce"
 
     def __call__(self, logits, y, inputs, teacher=None, weight=None):
+        import torch.nn.functional as F
+
         return F.cross_entropy(logits, y, weight=weight, label_smoothing=self.label_smoothing)
 
 
@@ -95,6 +97,9 @@ class Distill(Loss):
             raise ConfigError(f"{where}.weight={self.weight!r}: use a value in [0, 1]")
 
     def __call__(self, logits, y, inputs, teacher=None, weight=None):
+        import torch
+        import torch.nn.functional as F
+
         assert teacher is not None, "distill needs its teacher (stages passes it)"
         with torch.no_grad():
             # a joint teacher's target logits come first (data.TransferData): the student's

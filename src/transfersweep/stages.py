@@ -4,7 +4,10 @@ A stage starts from a fresh classifier head and asks its strategy for its phases
 when, at which learning-rate scale). A phase in which the whole backbone is frozen trains the
 head on features computed once (transfersweep.features) instead of running the backbone every
 epoch. Each phase continues from the best weights of the phase before; the stage ends on its
-best validation epoch. Source stages run once per distinct input (transfersweep.reuse).
+best validation epoch. Every phase trains on the stage's loss (transfersweep.losses), with
+the class weights of data.*.balance=loss; a distilling loss learns from a frozen copy of the
+previous stage's result (teacher_after). Source stages run once per distinct input
+(transfersweep.reuse).
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ register_schemas()
 
 def run(cfg: DictConfig) -> float:
     """Run one paradigm; returns the objective (trainer.objective): its mean over repeats."""
-    from transfersweep import inputs, progress, resume, scores, tracking
+    from transfersweep import inputs, progress, scores, tracking
     from transfersweep.memory import memory_guard
     from transfersweep.sweep.trial import TrialLink
 
@@ -49,6 +49,12 @@ def run(cfg: DictConfig) -> float:
         tags |= {"trial": str(link.number), "study": str(link.study)}
     tags |= dict(cfg.tracking.tags)
     log.info("%s | %s on %s", paradigm, cfg.backbone.name, cfg.data.name)
+    if not link.active:  # a bad value fails in a second, before torch loads (resume's state does)
+        from transfersweep.validation import validate
+
+        validate(cfg)
+    from transfersweep import resume
+
     state = resume.open_run(cfg, link.study if link.active else None, link.number)
     name = cfg.tracking.run_name or paradigm.name
     track = functools.partial(
