@@ -27,6 +27,8 @@ def test_a_target_folder_alone_sweeps_without_the_source_regimes(outputs, image_
     assert note in out
     study = _study(outputs, "birds-test_resnet")  # named after the folder and the backbone
     assert {t.params.get("regime", "target_only") for t in study.trials} == {"target_only"}
+    assert study.trials[0].user_attrs["default"] and study.trials[0].params["freeze"] == "full"
+    assert "the default (target_only+full) is " in out  # what `make train TARGET=...` runs
     client, found = runs(outputs)
     parent = sweep_parent(found)
     assert note in parent.data.tags["verdict"]

@@ -162,6 +162,7 @@ def test_hub_probe_honours_hf_endpoint_and_the_proxy_variables():
         proxy.close()
 
 
+@pytest.mark.slow  # a sweep or download-path test of 10-25 s: in make test, not test-fast
 def test_hub_weights_prefetched_into_the_cache_load_offline(outputs, tmp_path):
     """An offline machine with the model in its Hugging Face cache (what `hf download` leaves,
     copied over): the probe finds no hub, goes offline, and timm loads the cached file."""

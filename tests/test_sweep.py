@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import optuna
 import pytest
@@ -35,6 +36,7 @@ def sweep(tmp_path_factory):
         "search.freeze.last_blocks.n_blocks=[2,3]",  # narrows the strategy's declared 1..3
         "search.strategies=[last_layer,last_blocks,full]",  # the seeds' three of every strategy
         "hydra.sweeper.n_trials=5",
+        "hydra.sweeper.sampler.seed=3",  # after the default, TPE draws every strategy (and target_only)
         "hydra.sweeper.study_name=t",
         "hydra.sweeper.confirm.top_k=3",
         "hydra.sweeper.confirm.repeats=3",
@@ -67,7 +69,7 @@ def test_study_holds_the_trials_with_paradigm_params(sweep):
         record = Record.from_dict(t.user_attrs["record"])
         assert t.value == pytest.approx(record.estimate("val_acc").mean)
         assert t.user_attrs["repeats"] == 3 == record.n and record.estimate("val_acc").ci95
-    assert any(t.params["freeze"] == "last_blocks" for t in study.trials)  # (seed 0 draws it)
+    assert any(t.params["freeze"] == "last_blocks" for t in study.trials)  # (seed 3 draws it)
 
 
 def test_mlflow_parent_with_nested_tagged_children_and_summary(sweep):
@@ -209,6 +211,49 @@ def test_progress_line_per_trial(sweep):
     for k in range(1, 6):
         assert f"trial {k}/5 [#{k - 1}]" in log
     assert "-> val_acc" in log and "| best " in log
+
+
+def test_the_default_runs_first_and_the_verdict_says_where_it_ended(sweep):
+    out, res, _ = sweep
+    study = _study(out, "t")
+    first = study.trials[0]
+    # the paradigm and values of a plain run of the same command (conf/train.yaml, optimizer=adamw)
+    assert first.user_attrs["default"] is True
+    assert first.params == {"regime": "pretrain_finetune", "freeze": "full", "optimizer.lr": 1e-3}
+    assert not any(t.user_attrs.get("default") for t in study.trials[1:])  # drawn by TPE
+    log = res.stdout + res.stderr
+    assert (
+        "trial 1 is the default: regime=pretrain_finetune, optimizer.lr=0.001, freeze=full" in log
+    )
+    verdict = next(ln for ln in log.splitlines() if "verdict (study 't')" in ln)
+    assert re.search(r"; the default \(pretrain_finetune\+full\) is (the winner|tied with the "
+                     r"winner|worse|untested against the winner)", verdict), verdict  # fmt: skip
+
+
+def test_the_default_is_what_a_plain_run_trains_within_the_space():
+    from conftest import compose
+    from transfersweep import strategies
+    from transfersweep.sweep import default
+    from transfersweep.sweep.hydra_optuna import SearchSpace
+
+    d = optuna.distributions
+    space = SearchSpace(
+        {
+            "regime": d.CategoricalDistribution(["joint", "target_only"]),
+            "freeze": d.CategoricalDistribution(["last_blocks", "full"]),
+            "optimizer.lr": d.FloatDistribution(3e-4, 3e-3, log=True),
+            "freeze.n_blocks": d.IntDistribution(1, 3),
+        },
+        {}, [], False,
+    )  # fmt: skip
+    strategy_of = lambda option: strategies.get(option)  # noqa: E731
+    # the config's regime is not in the space (no source set): target_only, as make train does
+    got = default.params(compose(FAST_SWEEP), space, strategy_of)
+    assert got == {"regime": "target_only", "freeze": "full", "optimizer.lr": 1e-3}
+    # a value outside its dimension is left to the sampler; the strategy's own keys come along
+    cfg = compose([*FAST_SWEEP, "freeze=last_blocks", "freeze.n_blocks=2", "optimizer.lr=1"])
+    got = default.params(cfg, space, strategy_of)
+    assert got == {"regime": "target_only", "freeze": "last_blocks", "freeze.n_blocks": 2}
 
 
 @pytest.mark.slow
@@ -374,6 +419,7 @@ def test_submitit_local_launcher_runs_each_trial_as_its_own_job(tmp_path):
     assert _overlapping(trials)  # the two jobs ran at once
 
 
+@pytest.mark.slow  # a sweep or download-path test of 10-25 s: in make test, not test-fast
 def test_pareto_sweep_is_two_objective_with_its_front_on_the_parent(tmp_path):
     args = [
         "-m", "sweep=pareto", *FAST_SWEEP, "trainer.repeats=2", "hydra.sweeper.n_trials=4",
@@ -431,6 +477,7 @@ def test_confirmation_must_use_fresh_repeats(tmp_path):
     assert not (tmp_path / "optuna.db").exists()  # refused before any study or run exists
 
 
+@pytest.mark.slow  # a sweep or download-path test of 10-25 s: in make test, not test-fast
 def test_paradigm_sweep_searches_every_strategy_with_its_own_keys(tmp_path):
     args = [
         "-m", "sweep=paradigm", *FAST_SWEEP, "regime=target_only", "trainer.target_epochs=3",
@@ -481,6 +528,7 @@ def test_unknown_strategy_in_search_strategies_exits_early(tmp_path):
     assert not (tmp_path / "optuna.db").exists()
 
 
+@pytest.mark.slow  # a sweep or download-path test of 10-25 s: in make test, not test-fast
 def test_a_new_study_under_an_old_name_gets_its_own_parent_run(tmp_path):
     """The study records its parent: the same study resumed reopens it, but a study deleted
     and made again under the same name must not adopt the old parent (its confirmation runs

@@ -57,6 +57,9 @@ class TransferSweeperConf(OptunaSweeperConf):
     # A study resumed by name must be about the same data, backbone, objective and search
     # space (transfersweep.sweep.identity); true continues one that differs anyway.
     resume_changed: bool = False
+    # A new study's first trial is the config's own paradigm and values (transfersweep.sweep.
+    # default), and the verdict says where it ended; grids cover every cell anyway.
+    default_first: bool = True
 
 
 ConfigStore.instance().store(

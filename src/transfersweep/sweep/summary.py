@@ -19,7 +19,7 @@ from typing import Any
 from transfersweep import scores
 from transfersweep.paradigm import Paradigm
 from transfersweep.scores import Record
-from transfersweep.sweep import plots
+from transfersweep.sweep import default, plots
 from transfersweep.sweep import verdict as verdict_mod
 from transfersweep.sweep.row import Row, pm, result_columns
 
@@ -176,6 +176,8 @@ def build(study: Any, objective: str, confirmed: list[Row] | None = None) -> Sum
     best = best_per_cell(trials)
     search = verdict_mod.decide(list(best.values()))
     final = verdict_mod.decide(confirmed, "confirmation") if confirmed else search
+    if final.winner is not None and (where := default.place(study, trials, final, search)):
+        final.text = f"{final.text.rstrip('.')}; {where}"
     note = study.user_attrs.get("space_note")
     if note:  # e.g. no source set: the regimes that need one were not searched
         final.text = f"{final.text.rstrip('.')}. {note}"

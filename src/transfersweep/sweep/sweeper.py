@@ -33,7 +33,7 @@ from transfersweep.errors import TransferSweepError
 from transfersweep.paradigm import Paradigm
 from transfersweep.scores import Record
 from transfersweep.strategies import Strategy
-from transfersweep.sweep import confirm, identity, outcome, sampling, summary
+from transfersweep.sweep import confirm, default, identity, outcome, sampling, summary
 from transfersweep.sweep import space as space_mod
 from transfersweep.sweep.confirm import ConfirmSettings
 from transfersweep.sweep.hydra_optuna import SearchSpace, StockOptunaSweeper
@@ -84,6 +84,7 @@ class TransferSweeperImpl(StockOptunaSweeper):
         model_name: str | None = None,
         objectives: Any = None,
         resume_changed: bool = False,
+        default_first: bool = True,
     ) -> None:
         # The hook is resolved here, not through hydra.utils.instantiate (Hydra 1.4 would warn).
         super().__init__(
@@ -100,6 +101,7 @@ class TransferSweeperImpl(StockOptunaSweeper):
         self.register_champion, self.model_name = register_champion, model_name
         self.objectives: list[str] = list(objectives or [])  # [] until sweep(): trainer.objective
         self.resume_changed = resume_changed
+        self.default_first = default_first
         self.space_note: str | None = None  # why the space is narrower than configured
 
     def sweep(self, arguments: list[str]) -> None:
@@ -174,10 +176,17 @@ class TransferSweeperImpl(StockOptunaSweeper):
                 sys.exit(2)
             if self.space_note:
                 study.set_user_attr("space_note", self.space_note)
+            new = not study.trials
+            if self.default_first and not space.grid and new:
+                values = default.params(cfg, space, functools.partial(self._strategy_of, space))
+                default.enqueue(study, values)
+                log.info(
+                    "trial 1 is the default: %s", ", ".join(f"{k}={v}" for k, v in values.items())
+                )
             if cfg.tracking.enabled:  # the study names its parent run (a new study: a new one)
                 known = study.user_attrs.get("parent_run_id")
                 parent = tracking.open_parent(
-                    task_cfg, study_name, storage, searched, known, resumed=bool(study.trials)
+                    task_cfg, study_name, storage, searched, known, resumed=not new
                 )
                 study.set_user_attr("parent_run_id", parent.run_id)
             else:
