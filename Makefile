@@ -106,7 +106,7 @@ server: install ## MLflow tracking server for many workers: BACKEND=postgresql:/
 test: install check-venv ## the full test suite (CPU, 14-23 minutes; what CI runs)
 	$(PY) -m pytest -q
 
-test-fast: install check-venv ## every module, without the slow tests (about 5 minutes): while iterating
+test-fast: install check-venv ## every module, without the slow tests (about 4 minutes): while iterating
 	$(PY) -m pytest -q -m "not slow"
 
 bench: install check-venv ## benchmarks: ratios against plain PyTorch, measured in one run (about 10 minutes on CPU)
