@@ -28,6 +28,8 @@ REPEATS ?= 2
 CONFIRM ?= 2
 CONFIRM_REPEATS ?= 4
 JOBS ?= 1
+# TIME=30m: a wall-clock budget for the whole search (no trial starts that would not end in it)
+TIME ?=
 # JOBS>1: that many trials at once in joblib worker processes (cores shared between them)
 PARALLEL = $(if $(filter-out 1,$(JOBS)),hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS) hydra.sweeper.n_jobs=$(JOBS))
 MODEL ?= models:/$(SWEEP_STUDY)@champion
@@ -48,7 +50,7 @@ AUTH_CONFIG ?=
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-9s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-	@echo "  variables: TARGET=<folder> SOURCE=<folder> BACKBONE=$(BACKBONE) DATA=$(DATA) STUDY=<name> TRIALS=$(TRIALS) REPEATS=$(REPEATS) CONFIRM=$(CONFIRM) CONFIRM_REPEATS=$(CONFIRM_REPEATS) JOBS=$(JOBS) MODEL=$(MODEL) IMAGES=<folder> ARGS='<overrides>' HOST=$(HOST) PORT=$(PORT) BACKEND=<db url>"
+	@echo "  variables: TARGET=<folder> SOURCE=<folder> BACKBONE=$(BACKBONE) DATA=$(DATA) STUDY=<name> TRIALS=$(TRIALS) TIME=<30m> REPEATS=$(REPEATS) CONFIRM=$(CONFIRM) CONFIRM_REPEATS=$(CONFIRM_REPEATS) JOBS=$(JOBS) MODEL=$(MODEL) IMAGES=<folder> ARGS='<overrides>' HOST=$(HOST) PORT=$(PORT) BACKEND=<db url>"
 
 install: $(VENV)/.installed ## create .venv with everything (reuses a healthy one)
 
@@ -72,7 +74,8 @@ sweep: install check-venv ## search, confirmation, verdict, champion on TARGET=<
 	$(PY) -m transfersweep.train -m sweep=paradigm $(BACKBONE_ARGS) $(DATA_ARGS) \
 		hydra.sweeper.n_trials=$(TRIALS) trainer.repeats=$(REPEATS) trainer.target_epochs=20 \
 		hydra.sweeper.confirm.top_k=$(CONFIRM) hydra.sweeper.confirm.repeats=$(CONFIRM_REPEATS) $(PARALLEL) \
-		hydra.sweeper.study_name=$(SWEEP_STUDY) $(if $(RESUME_CHANGED),hydra.sweeper.resume_changed=true) $(ARGS)
+		hydra.sweeper.study_name=$(SWEEP_STUDY) $(if $(RESUME_CHANGED),hydra.sweeper.resume_changed=true) \
+		$(if $(TIME),hydra.sweeper.time_budget=$(TIME)) $(ARGS)
 
 grid: install check-venv ## every regime x freeze cell once (REPEATS=5 for mean, CI and a verdict)
 	$(PY) -m transfersweep.train -m sweep=grid $(BACKBONE_ARGS) $(DATA_ARGS) \

@@ -230,6 +230,45 @@ def test_the_default_runs_first_and_the_verdict_says_where_it_ended(sweep):
                      r"winner|worse|untested against the winner)", verdict), verdict  # fmt: skip
 
 
+def test_a_time_budget_stops_the_search_and_the_verdict_says_what_it_allowed(tmp_path):
+    args = ["-m", "sweep=paradigm", *FAST_SWEEP, "trainer.repeats=2", "hydra.sweeper.n_trials=50",
+            "hydra.sweeper.time_budget=12s", "hydra.sweeper.confirm.top_k=2",
+            "hydra.sweeper.confirm.repeats=4", "hydra.sweeper.study_name=budget",
+            f"paths.outputs={tmp_path}"]  # fmt: skip
+    res = cli(args, cwd=tmp_path)
+    log = res.stdout + res.stderr
+    assert res.returncode == 0, log[-3000:]
+    study = _study(tmp_path, "budget")
+    n = len(study.trials)
+    assert n < 50, n  # 1-5 s trials: the budget, not n_trials, ended the search
+    starts = sorted(t.datetime_start for t in study.trials)
+    assert (starts[-1] - starts[0]).total_seconds() <= 12  # none started past the budget
+    assert "time budget 12s: no new trial" in log
+    verdict = next(ln for ln in log.splitlines() if "verdict (study 'budget')" in ln)
+    # 2 paradigms x 4 repeats do not fit in less than one 2-repeat trial's time: cut, said so
+    assert f"The time budget (12s) allowed {n} of 50 trials; confirmation cut (about" in verdict
+    assert "in the confirmation runs" not in verdict
+
+
+@pytest.mark.parametrize(
+    "given,seconds", [(90, 90.0), ("90s", 90.0), ("30m", 1800.0), ("1.5h", 5400.0),
+                      ("1h30m", 5400.0), (None, None)],
+)  # fmt: skip
+def test_time_budgets_read_as_people_write_them(given, seconds):
+    from transfersweep.sweep import budget
+
+    assert budget.parse(given) == seconds
+
+
+@pytest.mark.parametrize("given", ["soon", "0", "-5m", "30 minutes"])
+def test_a_bad_time_budget_is_named_before_any_trial(given):
+    from transfersweep.errors import ConfigError
+    from transfersweep.sweep import budget
+
+    with pytest.raises(ConfigError, match=r"hydra\.sweeper\.time_budget="):
+        budget.parse(given)
+
+
 def test_the_default_is_what_a_plain_run_trains_within_the_space():
     from conftest import compose
     from transfersweep import strategies

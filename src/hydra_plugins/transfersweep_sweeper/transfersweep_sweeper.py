@@ -60,6 +60,10 @@ class TransferSweeperConf(OptunaSweeperConf):
     # A new study's first trial is the config's own paradigm and values (transfersweep.sweep.
     # default), and the verdict says where it ended; grids cover every cell anyway.
     default_first: bool = True
+    # A wall-clock budget for the whole search, from the study's first trial ("30m", "2h",
+    # seconds; null: none): no trial starts that a typical one would not finish in it, and the
+    # confirmation runs in what is left or is cut with a note (transfersweep.sweep.budget).
+    time_budget: Any = None
 
 
 ConfigStore.instance().store(

@@ -181,6 +181,8 @@ def build(study: Any, objective: str, confirmed: list[Row] | None = None) -> Sum
     note = study.user_attrs.get("space_note")
     if note:  # e.g. no source set: the regimes that need one were not searched
         final.text = f"{final.text.rstrip('.')}. {note}"
+    if spent := study.user_attrs.get("budget_note"):  # hydra.sweeper.time_budget
+        final.text = f"{final.text.rstrip('.')}. {spent[0].upper()}{spent[1:]}"
     md = table_markdown(best, objective, None if confirmed else search)
     if confirmed:
         md += "\n" + confirmation_markdown(final, objective)

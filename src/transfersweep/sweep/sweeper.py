@@ -33,6 +33,7 @@ from transfersweep.errors import TransferSweepError
 from transfersweep.paradigm import Paradigm
 from transfersweep.scores import Record
 from transfersweep.strategies import Strategy
+from transfersweep.sweep import budget as budget_mod
 from transfersweep.sweep import confirm, default, identity, outcome, sampling, summary
 from transfersweep.sweep import space as space_mod
 from transfersweep.sweep.confirm import ConfirmSettings
@@ -85,6 +86,7 @@ class TransferSweeperImpl(StockOptunaSweeper):
         objectives: Any = None,
         resume_changed: bool = False,
         default_first: bool = True,
+        time_budget: Any = None,
     ) -> None:
         # The hook is resolved here, not through hydra.utils.instantiate (Hydra 1.4 would warn).
         super().__init__(
@@ -102,12 +104,18 @@ class TransferSweeperImpl(StockOptunaSweeper):
         self.objectives: list[str] = list(objectives or [])  # [] until sweep(): trainer.objective
         self.resume_changed = resume_changed
         self.default_first = default_first
+        self.time_budget = time_budget  # "30m", seconds, or None (sweep/budget.py)
+        self.budget: budget_mod.Budget | None = None
+        self.confirm_note: str | None = None  # what the budget left of the confirmation
         self.space_note: str | None = None  # why the space is narrower than configured
 
     def sweep(self, arguments: list[str]) -> None:
         try:
             shaped = space_mod.shape(self.config, self.params, arguments, self.compose,
                                      self.hydra_context.config_loader.get_group_options("freeze"))  # fmt: skip
+            seconds = budget_mod.parse(self.time_budget)
+            if seconds is not None:
+                self.budget = budget_mod.Budget(seconds, str(self.time_budget))
         except TransferSweepError as e:
             log.error("error: %s", e)
             sys.exit(2)
@@ -121,7 +129,9 @@ class TransferSweeperImpl(StockOptunaSweeper):
         tally, status, batch, confirmed = Tally(), "FINISHED", [], None
         heartbeat = workers.heartbeat(self.heartbeat_s)
         try:
-            while batch := workers.claim(self.n_jobs, self.n_trials, self._end_children(parent)):
+            while self._in_time(workers) and (
+                batch := workers.claim(self.n_jobs, self.n_trials, self._end_children(parent))
+            ):
                 heartbeat.track(batch)
                 t0 = time.perf_counter()
                 for trial, result in zip(
@@ -136,6 +146,11 @@ class TransferSweeperImpl(StockOptunaSweeper):
             batch = []
             if status == "FINISHED":
                 confirmed = self._confirm(workers, space, parent)
+            if self.budget is not None:
+                workers.study.set_user_attr(
+                    "budget_note",
+                    budget_mod.note(self.budget, workers.study, self.n_trials, self.confirm_note),
+                )
         except BaseException as e:  # Ctrl-C / SIGTERM: the trials in flight end interrupted
             status = "KILLED"
             self._interrupted(workers, batch, parent, e)
@@ -374,8 +389,40 @@ class TransferSweeperImpl(StockOptunaSweeper):
             log.info("confirmation skipped: it reads its runs back from MLflow (tracking is off)")
             return None
         best = summary.best_per_cell(summary.rows(workers.study, self.objectives[0]))
+        if self.budget is not None and not self._confirmation_fits(workers, best):
+            return None
         strategy_of = functools.partial(self._strategy_of, space)
         return confirm.run(best, self.confirm, space, strategy_of, parent, self.launch) or None
+
+    def _in_time(self, workers: Workers) -> bool:
+        """Whether the time budget (if any) lets another trial start: a typical trial would
+        end within it. The trials in flight are not stopped."""
+        if self.budget is None or workers.study is None or self.budget.allows_trial(workers.study):
+            return True
+        b, study = self.budget, workers.study
+        log.info(
+            "time budget %s: no new trial (%s spent, a trial takes about %s); %d trial(s) ran",
+            b.given, budget_mod.show(b.elapsed(study)), budget_mod.show(b.typical(study) or 0.0),
+            workers.counted(),
+        )  # fmt: skip
+        return False
+
+    def _confirmation_fits(self, workers: Workers, best: dict[Any, Any]) -> bool:
+        """The confirmation's estimate against what the budget has left; the note says which."""
+        assert self.budget is not None
+        rows = confirm.candidates(best, self.confirm.top_k)
+        factor = self.confirm.repeats / max(1, int(self.config.trainer.repeats))
+        need = self.budget.confirmation_estimate(workers.study, [r.number for r in rows], factor)
+        left = self.budget.left(workers.study)
+        if need <= left:
+            self.confirm_note = f"run in the {budget_mod.show(max(left, 0.0))} left"
+            return True
+        self.confirm_note = (
+            f"cut (about {budget_mod.show(need)} needed, {budget_mod.show(max(left, 0.0))} left): "
+            "the search's verdict stands unconfirmed"
+        )
+        log.info("time budget %s: confirmation %s", self.budget.given, self.confirm_note)
+        return False
 
     def _champion(self, workers: Workers, parent: Any, verdict: Any) -> None:
         """Register the winner (champion.py); a registry failure is logged, not fatal: the
