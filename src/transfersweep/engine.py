@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 from transfersweep import freezing, progress
 from transfersweep.data import Batches, Preprocess
 from transfersweep.errors import TrainingError
+from transfersweep.losses import CrossEntropy
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +224,7 @@ def fit(
     from transfersweep import scores
 
     lr = stage_lr = cfg.optimizer.lr if lr is None else lr
-    criterion = loss if loss is not None else (lambda logits, y, _: F.cross_entropy(logits, y))
+    criterion = loss if loss is not None else CrossEntropy()
     select = scores.metric(cfg.trainer.objective)
     steps = epochs * len(train)
     opt, sched = make_optimizer(

@@ -193,12 +193,10 @@ def _class_weights(inputs: Inputs, cfg: DictConfig, stage: Stage) -> torch.Tenso
 
     if stage.data == StageData.joint:
         return None
-    side = cfg.data.target if stage.data == StageData.target else cfg.data.source
+    splits, side = inputs.data.side(stage.data, cfg.data)
     if side.balance != "loss":
         return None
-    data = inputs.data
-    labels = (data.target if stage.data == StageData.target else data.source).train.labels
-    return class_weights(labels, stage.num_classes).to(inputs.runtime.device)
+    return class_weights(splits.train.labels, stage.num_classes).to(inputs.runtime.device)
 
 
 def _loss_note(stage: Stage) -> str:

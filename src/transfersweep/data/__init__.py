@@ -47,6 +47,12 @@ class TransferData:
         assert self.source is not None, "this regime loaded no source data"
         return self.source
 
+    def side(self, data: StageData, d: DictConfig) -> tuple[Splits, DictConfig]:
+        """The splits and the data config (data.target / data.source) of the one side a target
+        or source stage trains on (a joint stage trains on both)."""
+        assert data != StageData.joint, "a joint stage trains on both sides"
+        return (self.target, d.target) if data == StageData.target else (self._source(), d.source)
+
     def train_batches(
         self, data: StageData, cfg: DictConfig, seed: int, pin_memory: bool = False
     ) -> Batches:
@@ -68,9 +74,8 @@ class TransferData:
                 target_share=d.joint_target_share,
                 **common,
             )
-        part = self.target.train if data == StageData.target else self._source().train
-        side = d.target if data == StageData.target else d.source
-        return Batches(part, shuffle=True, balanced=side.balance == "sampler", **common)
+        splits, side = self.side(data, d)
+        return Batches(splits.train, shuffle=True, balanced=side.balance == "sampler", **common)
 
     def eval_batches(
         self, data: StageData, split: str, cfg: DictConfig, pin_memory: bool = False

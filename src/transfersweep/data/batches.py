@@ -63,10 +63,10 @@ class Batches:
         n = len(self.images)
         if self.target_share is not None and self.n_target:
             return self._joint_batches(n)
-        if self.balanced:
-            order = torch.multinomial(
-                balanced_weights(self.images.labels), n, True, generator=self.gen
-            )
+        if self.balanced:  # each item drawn in proportion to its class's weight
+            labels = self.images.labels
+            weights = _balanced(labels, 0)[labels]
+            order = torch.multinomial(weights, n, True, generator=self.gen)
         elif self.shuffle:
             order = torch.randperm(n, generator=self.gen)
         else:
@@ -119,19 +119,17 @@ class Batches:
             yield x, y
 
 
-def balanced_weights(labels: torch.Tensor) -> torch.Tensor:
-    """Per item: 1 / (classes x its class's count), so each class's items sum to 1 / classes."""
-    counts = torch.bincount(labels)
+def _balanced(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """n / (classes present x count) per class, in float64 (0 for an absent class): every
+    class's items weigh the same in total."""
+    counts = torch.bincount(labels, minlength=num_classes).double()
     present = int((counts > 0).sum())
-    return 1.0 / (present * counts[labels].double())
+    return torch.where(counts > 0, len(labels) / (present * counts.clamp(min=1)), 0.0)
 
 
 def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """n / (classes x count) per class (scikit-learn's "balanced"; 0 for an absent class)."""
-    counts = torch.bincount(labels, minlength=num_classes).double()
-    present = int((counts > 0).sum())
-    w = torch.where(counts > 0, len(labels) / (present * counts.clamp(min=1)), 0.0)
-    return w.float()
+    """The cross-entropy's class weights (scikit-learn's "balanced"; 0 for an absent class)."""
+    return _balanced(labels, num_classes).float()
 
 
 def _cycle(order: torch.Tensor, length: int, gen: torch.Generator) -> torch.Tensor:

@@ -19,7 +19,7 @@ from typing import Any
 from transfersweep.errors import ConfigError
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-_FINISHED = ("COMPLETE", "PRUNED")
+_FINISHED = ("COMPLETE", "PRUNED")  # trials with a duration that predicts the next one's
 
 
 def parse(value: Any) -> float | None:
@@ -84,6 +84,6 @@ class Budget:
 
 def note(budget: Budget, study: Any, n_trials: int, confirmation: str | None) -> str:
     """What the budget allowed, for the verdict: trials done, and the confirmation."""
-    done = sum(t.state.name in _FINISHED or t.state.name == "FAIL" for t in study.trials)
+    done = sum(t.state.name in (*_FINISHED, "FAIL") for t in study.trials)
     text = f"the time budget ({budget.given}) allowed {done} of {n_trials} trials"
     return text + (f"; confirmation {confirmation}" if confirmation else "")

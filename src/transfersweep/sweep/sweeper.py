@@ -397,7 +397,7 @@ class TransferSweeperImpl(StockOptunaSweeper):
     def _in_time(self, workers: Workers) -> bool:
         """Whether the time budget (if any) lets another trial start: a typical trial would
         end within it. The trials in flight are not stopped."""
-        if self.budget is None or workers.study is None or self.budget.allows_trial(workers.study):
+        if self.budget is None or self.budget.allows_trial(workers.study):
             return True
         b, study = self.budget, workers.study
         log.info(
