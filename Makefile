@@ -15,9 +15,15 @@ STUDY ?=
 # A preset of conf/backbone (lite0: ImageNet weights from an installed package), or any timm
 # name: then with timm's hub weights (backbone=timm, pretrained=true).
 BACKBONE_ARGS = $(if $(wildcard conf/backbone/$(BACKBONE).yaml),backbone=$(BACKBONE),backbone=timm backbone.name=$(BACKBONE))
+# make sweep BACKBONES=lite0,resnet18: the backbone searched too (presets or timm names), ranked
+# before training; KEEP=1 trains only the best-ranked one (search.prerank.keep)
+BACKBONES ?=
+KEEP ?=
+comma := ,
+SWEEP_BACKBONE_ARGS = $(if $(BACKBONES),search.backbones=[$(BACKBONES)] $(if $(KEEP),search.prerank.keep=$(KEEP)),$(BACKBONE_ARGS))
 DATA_ARGS = $(if $(TARGET),data=imagefolder data.target.root=$(abspath $(TARGET)) $(if $(SOURCE),data.source.root=$(abspath $(SOURCE))),data=$(DATA))
 # The study (and the registered model) is named after what it is about: <target folder or DATA>-<BACKBONE>
-NAME = $(if $(TARGET),$(notdir $(abspath $(TARGET))),$(DATA))-$(BACKBONE)
+NAME = $(if $(TARGET),$(notdir $(abspath $(TARGET))),$(DATA))-$(if $(BACKBONES),$(subst $(comma),+,$(BACKBONES)),$(BACKBONE))
 SWEEP_STUDY = $(or $(STUDY),$(NAME))
 RESUME_CHANGED ?=
 # make sweep: 6 search trials over 2 paired repeats each, then the top 2 paradigms confirmed on
@@ -50,7 +56,7 @@ AUTH_CONFIG ?=
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-9s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-	@echo "  variables: TARGET=<folder> SOURCE=<folder> BACKBONE=$(BACKBONE) DATA=$(DATA) STUDY=<name> TRIALS=$(TRIALS) TIME=<30m> REPEATS=$(REPEATS) CONFIRM=$(CONFIRM) CONFIRM_REPEATS=$(CONFIRM_REPEATS) JOBS=$(JOBS) MODEL=$(MODEL) IMAGES=<folder> ARGS='<overrides>' HOST=$(HOST) PORT=$(PORT) BACKEND=<db url>"
+	@echo "  variables: TARGET=<folder> SOURCE=<folder> BACKBONE=$(BACKBONE) BACKBONES=<a,b> KEEP=<k> DATA=$(DATA) STUDY=<name> TRIALS=$(TRIALS) TIME=<30m> REPEATS=$(REPEATS) CONFIRM=$(CONFIRM) CONFIRM_REPEATS=$(CONFIRM_REPEATS) JOBS=$(JOBS) MODEL=$(MODEL) IMAGES=<folder> ARGS='<overrides>' HOST=$(HOST) PORT=$(PORT) BACKEND=<db url>"
 
 install: $(VENV)/.installed ## create .venv with everything (reuses a healthy one)
 
@@ -71,14 +77,14 @@ train: install check-venv ## one run of the default paradigm (TARGET=<folder> al
 		$(if $(and $(TARGET),$(if $(SOURCE),,1)),regime=target_only) $(ARGS)
 
 sweep: install check-venv ## search, confirmation, verdict, champion on TARGET=<folder> or DATA (STUDY=name resumes)
-	$(PY) -m transfersweep.train -m sweep=paradigm $(BACKBONE_ARGS) $(DATA_ARGS) \
+	$(PY) -m transfersweep.train -m sweep=paradigm $(SWEEP_BACKBONE_ARGS) $(DATA_ARGS) \
 		hydra.sweeper.n_trials=$(TRIALS) trainer.repeats=$(REPEATS) trainer.target_epochs=20 \
 		hydra.sweeper.confirm.top_k=$(CONFIRM) hydra.sweeper.confirm.repeats=$(CONFIRM_REPEATS) $(PARALLEL) \
 		hydra.sweeper.study_name=$(SWEEP_STUDY) $(if $(RESUME_CHANGED),hydra.sweeper.resume_changed=true) \
 		$(if $(TIME),hydra.sweeper.time_budget=$(TIME)) $(ARGS)
 
 grid: install check-venv ## every regime x freeze cell once (REPEATS=5 for mean, CI and a verdict)
-	$(PY) -m transfersweep.train -m sweep=grid $(BACKBONE_ARGS) $(DATA_ARGS) \
+	$(PY) -m transfersweep.train -m sweep=grid $(SWEEP_BACKBONE_ARGS) $(DATA_ARGS) \
 		trainer.repeats=$(REPEATS) $(PARALLEL) hydra.sweeper.study_name=$(or $(STUDY),grid-$(NAME)) \
 		$(if $(RESUME_CHANGED),hydra.sweeper.resume_changed=true) $(ARGS)
 

@@ -204,6 +204,9 @@ class TrialConfig:
 
     number: int | None = None  # Optuna trial number (what users see)
     id: int | None = None  # the trial's id in the storage
+    # The search.backbones entry this trial trains (a sweep over several backbones): the
+    # paradigm's name starts with it (lite0/target_only+full)
+    backbone: str | None = None
 
 
 @dataclass
@@ -218,6 +221,18 @@ class PrunerConfig:
 
 
 @dataclass
+class PrerankConfig:
+    """The ranking of search.backbones before any training (transfersweep.sweep.prerank): scores
+    of each backbone's frozen pooled features of the target training images."""
+
+    enabled: bool = True  # with two or more backbones
+    score: str = "knn"  # what orders the search and `keep`: knn (leave-one-out) | logme
+    keep: int = 0  # train only the top `keep` backbones (0: all)
+    k: int = 5  # the kNN's neighbours (cosine, majority vote)
+    max_images: int = 2000  # at most this many training images (every n-th beyond)
+
+
+@dataclass
 class SearchConfig:
     """What a sweep samples beyond hydra.sweeper.params."""
 
@@ -229,6 +244,10 @@ class SearchConfig:
     # command line give `freeze=`: [all] = every conf/freeze option (built-ins in catalogue
     # order, then your own), or names, e.g. [last_layer,last_blocks,full].
     strategies: list[str] = field(default_factory=lambda: ["all"])
+    # The backbones a sweep chooses from: presets of conf/backbone or timm names (with timm's
+    # hub weights, as backbone=timm). []: the one backbone= names (no backbone dimension).
+    backbones: list[str] = field(default_factory=list)
+    prerank: PrerankConfig = field(default_factory=PrerankConfig)
 
 
 @dataclass

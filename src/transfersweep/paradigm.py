@@ -1,6 +1,7 @@
 """A paradigm is a value: a regime, a tuning strategy and the strategy's own parameters.
 
-Its short name (`pretrain_finetune+last_blocks2`) is formatted here and nowhere else; tags,
+Its short name (`pretrain_finetune+last_blocks2`; `lite0/pretrain_finetune+last_blocks2` in a
+sweep over several backbones, search.backbones) is formatted here and nowhere else; tags,
 trial attributes, the summary table, the heatmap and the CSVs are built from the value (and
 read back with `from_dict`), so nothing parses names.
 """
@@ -20,10 +21,17 @@ class Paradigm:
     strategy: str  # freeze.strategy
     variant: str = ""  # the strategy's label with its distinguishing keys, e.g. last_blocks2
     params: tuple[tuple[str, Any], ...] = ()  # the strategy's own keys (freeze.*) and values
+    backbone: str = ""  # the search.backbones entry, in a sweep over several ("": not searched)
 
     @property
     def name(self) -> str:
-        return f"{self.regime}+{self.variant or self.strategy}"
+        where = f"{self.backbone}/" if self.backbone else ""
+        return f"{where}{self.regime}+{self.variant or self.strategy}"
+
+    @property
+    def regime_row(self) -> str:
+        """The paradigm table's row: the regime, per backbone when backbones are searched."""
+        return f"{self.backbone}/{self.regime}" if self.backbone else self.regime
 
     def __str__(self) -> str:
         return self.name
@@ -33,13 +41,20 @@ class Paradigm:
         """The configured paradigm. A freeze setting that does not check out still gets a name
         (its strategy's), so a trial that fails on it is named; the error comes from
         validation.validate."""
+        from omegaconf import OmegaConf
+
         from transfersweep import strategies
         from transfersweep.errors import ConfigError
 
+        backbone = str(OmegaConf.select(config, "trial.backbone", default=None) or "")
         try:
             strategy = strategies.from_config(config.freeze)
         except ConfigError:
-            return cls(regime=str(config.regime.name), strategy=str(config.freeze.get("strategy")))
+            return cls(
+                regime=str(config.regime.name),
+                strategy=str(config.freeze.get("strategy")),
+                backbone=backbone,
+            )
         values = {k: getattr(strategy.params, k) for k in strategy.keys()}
         stats = strategy.norm_stats  # BatchNorm statistics adapted or kept: a variant
         if stats != "frozen":
@@ -49,6 +64,7 @@ class Paradigm:
             strategy=strategy.name,
             variant=strategy.label() + (f"_{stats}" if stats != "frozen" else ""),
             params=tuple(sorted(values.items())),
+            backbone=backbone,
         )
 
     def tags(self) -> dict[str, str]:
@@ -61,6 +77,7 @@ class Paradigm:
             "strategy": self.strategy,
             "variant": self.variant,
             "params": dict(self.params),
+            "backbone": self.backbone,
         }
 
     @classmethod
@@ -69,7 +86,11 @@ class Paradigm:
         could) from the trial's sampled regime and freeze."""
         if user_attrs.get("paradigm"):
             return cls.from_dict(user_attrs["paradigm"])
-        return cls(regime=str(params.get("regime", "?")), strategy=str(params.get("freeze", "?")))
+        return cls(
+            regime=str(params.get("regime", "?")),
+            strategy=str(params.get("freeze", "?")),
+            backbone=str(params.get("backbone") or ""),
+        )
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Paradigm:
@@ -78,4 +99,5 @@ class Paradigm:
             strategy=str(d["strategy"]),
             variant=str(d.get("variant") or d["strategy"]),
             params=tuple(sorted(dict(d.get("params") or {}).items())),
+            backbone=str(d.get("backbone") or ""),
         )

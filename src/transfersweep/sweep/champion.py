@@ -76,8 +76,10 @@ def register(client: Any, name: str, winner: Any, verdict: Any, study: str) -> s
     source = f"{client.get_run(run_id).info.artifact_uri}/model"
     objective, on_test = winner.objective, winner.on("test")
     test = winner.est(on_test)
+    backbone = client.get_run(run_id).data.tags.get("backbone", "")  # the timm name it trained
     tags = {
         "paradigm": winner.paradigm.name,
+        "backbone": backbone,
         "objective": objective,
         objective: f"{winner.value:.4f}",
         f"{objective}_ci95": "" if winner.ci is None else f"{winner.ci:.4f}",
@@ -88,7 +90,7 @@ def register(client: Any, name: str, winner: Any, verdict: Any, study: str) -> s
     }
     description = (
         f"**Verdict**: {verdict.text}\n\n"
-        f"{winner.paradigm.name}: target {objective} {winner.value:.4f}"
+        f"{winner.paradigm.name} ({backbone}): target {objective} {winner.value:.4f}"
         + (f" ± {winner.ci:.4f} (95% CI)" if winner.ci is not None else "")
         + (f", {on_test} {test.mean:.4f}" if test is not None else "")
         + f" over {winner.n} repeat(s); weights: the best repeat's checkpoint of run {run_id}."

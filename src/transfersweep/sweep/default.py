@@ -2,7 +2,8 @@
 
 AutoGluon made it a rule (autogluon#2068, #2133): the defaults often beat many random
 configurations. So a new study's first trial is the config's own regime, strategy and values
-(`hydra.sweeper.default_first`, on by default; grids cover every cell anyway), enqueued
+(one per backbone, best pre-ranked first, when search.backbones lists several: each with its
+own optimizer preset) (`hydra.sweeper.default_first`, on by default; grids cover every cell anyway), enqueued
 before the sampler draws, and the verdict says where that default ended: "the default is tied
 with the winner" tells a user the search was not needed.
 """
@@ -73,13 +74,17 @@ def is_default(user_attrs: dict[str, Any]) -> bool:
 
 
 def place(study: Any, trials: list[Any], final: Any, search: Any) -> str | None:
-    """Where the default paradigm ended, for the verdict: the winner, tied with it, worse, or
-    not confirmed (None when the study has no default trial, e.g. a grid). `trials`: the
-    summary's rows; `final`, `search`: the verdict that decides and the search's."""
+    """Where the default paradigm ended (each backbone's, in a sweep over several), for the
+    verdict: the winner, tied with it, worse, or not confirmed (None when the study has no
+    default trial, e.g. a grid). `trials`: the summary's rows; `final`, `search`: the verdict
+    that decides and the search's."""
     numbers = {t.number for t in study.trials if is_default(t.user_attrs)}
-    row = next((r for r in trials if r.number in numbers), None)
-    if row is None:
-        return None
+    found = [_place(r, final, search) for r in trials if r.number in numbers]
+    found = [f for f in found if f is not None]
+    return "; ".join(found) or None
+
+
+def _place(row: Any, final: Any, search: Any) -> str | None:
     name = row.paradigm.name
     if row.value is None:
         return f"the default ({name}) did not finish ({row.state.lower()})"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
@@ -25,6 +25,8 @@ class SearchSpace:
     fixed: dict[str, Any]  # name -> value, the same in every trial
     fixed_overrides: list[str]  # overrides that are not key=value (deletions)
     grid: bool  # GridSampler: every combination once, nothing else sampled
+    # search.backbones entry -> its job overrides (sweep/backbones.py); {}: not searched
+    backbones: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 class StockOptunaSweeper(OptunaSweeperImpl):

@@ -3,7 +3,8 @@
 A study is resumed by name, so a name must not silently collect trials of another project.
 The default name comes from what the study is about: the target data (an image folder's own
 name; otherwise the data config's name) and the backbone, e.g. `goldfinches-tf_efficientnet_lite0`
-or `digits-resnet18` (`make sweep` uses the preset's name: `goldfinches-lite0`).
+or `digits-resnet18` (`make sweep` uses the preset's name: `goldfinches-lite0`); a sweep over
+several backbones lists them: `mnist-lite0+resnet18`.
 
 The first worker stores a record in the study (`about`, a user attribute): the data (each
 side's config and, for image folders, a fingerprint of the files: relative paths and sizes,
@@ -25,10 +26,14 @@ from omegaconf import DictConfig, OmegaConf
 ATTR = "about"
 
 
-def default_name(data_name: str, target_root: str | None, backbone: str) -> str:
-    """`<target folder's name or data name>-<backbone>` (the Hydra resolver ts.study_name)."""
+def default_name(
+    data_name: str, target_root: str | None, backbone: str, backbones: Any = None
+) -> str:
+    """`<target folder's name or data name>-<backbone>` (the Hydra resolver ts.study_name);
+    with several search.backbones, `<...>-<backbone>+<backbone>...`."""
     what = Path(str(target_root)).expanduser().resolve().name if target_root else data_name
-    return f"{what}-{backbone}"
+    several = [str(b) for b in backbones or []]
+    return f"{what}-{'+'.join(several) if len(several) > 1 else backbone}"
 
 
 def record(cfg: DictConfig, directions: list[str], objectives: list[str], space: Any) -> dict:

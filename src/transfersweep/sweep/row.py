@@ -31,7 +31,7 @@ class Row:
 
     @property
     def cell(self) -> tuple[str, str]:
-        return (self.paradigm.regime, self.paradigm.strategy)
+        return (self.paradigm.regime_row, self.paradigm.strategy)
 
     def est(self, name: str) -> stats.Estimate | None:
         """Mean, std and 95 % CI of score `name` over the row's repeats."""

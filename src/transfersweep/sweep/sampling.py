@@ -90,4 +90,8 @@ def replay(
     own = {f"freeze.{k}" for k in strategy.keys()}
     fixed = {k: v for k, v in space.fixed.items() if not _strategy_key(k) or k in own}
     merged = dict(params) | fixed
-    return tuple(f"{k}={v}" for k, v in merged.items()) + tuple(space.fixed_overrides)
+    out = tuple(f"{k}={v}" for k, v in merged.items() if k != "backbone" or not space.backbones)
+    if space.backbones:  # a searched backbone: its preset, or timm's weights by name
+        entry = str(merged["backbone"])
+        out += (*space.backbones[entry], f"trial.backbone={entry}")
+    return out + tuple(space.fixed_overrides)

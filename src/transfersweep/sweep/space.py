@@ -1,18 +1,20 @@
 """The search space a sweep runs, shaped from what it was given and what the data allows.
 
-Two adjustments before Optuna sees the space (the rest is the stock sweeper's parsing):
+Three adjustments before Optuna sees the space (the rest is the stock sweeper's parsing):
 
 - **regimes that need a source set** leave the `regime` choice when the data has none (an
   image-folder target alone), with a note for the log and the verdict; none left is an error;
 - **the freeze dimension** comes from `search.strategies` (`[all]`: every strategy in
   conf/freeze, the built-in ones first), unless the command line or hydra.sweeper.params
-  choose `freeze` themselves.
+  choose `freeze` themselves;
+- **the backbone dimension** comes from `search.backbones` (two or more: sweep/backbones.py),
+  with the lr range widened to cover every backbone's optimizer preset.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from transfersweep.errors import ConfigError
@@ -23,6 +25,7 @@ class Shaped:
     arguments: list[str]  # the command line's overrides, as the stock sweeper will parse them
     params: dict[str, Any]  # hydra.sweeper.params, possibly with a narrowed regime choice
     note: str | None = None  # why the space is narrower than configured (log, verdict)
+    backbones: list[str] = field(default_factory=list)  # search.backbones ([]: not searched)
 
 
 def shape(
@@ -36,6 +39,29 @@ def shape(
     shaped = regimes_for_data(config, dict(params or {}), arguments, compose)
     shaped.arguments = with_strategies(config, shaped.params, shaped.arguments, freeze_options)
     return shaped
+
+
+def with_backbones(
+    shaped: Shaped, wanted: list[str], presets: list[str], compose: Callable[[list[str]], Any]
+) -> Shaped:
+    """The backbone dimension over `wanted` (already ranked and cut by the pre-ranking), and an
+    lr range that covers each backbone's optimizer preset (sweep/backbones.py)."""
+    from transfersweep.sweep import backbones
+
+    given = {a.split("=", 1)[0].lstrip("+~") for a in shaped.arguments if "=" in a}
+    if given & {"backbone", "backbone.name"}:
+        raise ConfigError(
+            f"search.backbones={wanted} and backbone= on the command line: give one (the "
+            "backbones to search, or the one backbone to use)"
+        )
+    plain = [a for a in shaped.arguments if "=" in a and not any(c in a for c in ",()")]
+    configs = backbones.composed(wanted, presets, plain, compose)
+    params = dict(shaped.params)
+    lo, hi = backbones.lr_range(configs)
+    if "optimizer.lr" in params and "optimizer.lr" not in given:
+        params["optimizer.lr"] = f"tag(log, interval({lo:g}, {hi:g}))"
+    choice = wanted[0] if len(wanted) == 1 else f"choice({','.join(wanted)})"
+    return Shaped([*shaped.arguments, f"{backbones.KEY}={choice}"], params, shaped.note, wanted)
 
 
 def options(spec: str) -> list[str]:

@@ -20,6 +20,7 @@ from transfersweep import scores
 from transfersweep.paradigm import Paradigm
 from transfersweep.scores import Record
 from transfersweep.sweep import default, plots
+from transfersweep.sweep import prerank as prerank_mod
 from transfersweep.sweep import verdict as verdict_mod
 from transfersweep.sweep.row import Row, pm, result_columns
 
@@ -105,7 +106,9 @@ def table_markdown(best: dict[tuple[str, str], Row], objective: str, verdict: An
     lines = [
         header(objective) + marks,
         "",
-        "| regime \\ freeze | " + " | ".join(freezes) + " |",
+        f"| {'backbone/' if _per_backbone(best) else ''}regime \\ freeze | "
+        + " | ".join(freezes)
+        + " |",
         "|---|" + "---|" * len(freezes),
     ]
     for g in regimes:
@@ -116,6 +119,10 @@ def table_markdown(best: dict[tuple[str, str], Row], objective: str, verdict: An
             cells.append("-" if r is None else _cell(r, c.status if c else None))
         lines.append(f"| {g} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _per_backbone(best: dict[tuple[str, str], Row]) -> bool:
+    return any(r.paradigm.backbone for r in best.values())
 
 
 def confirmation_markdown(verdict: Any, objective: str) -> str:
@@ -189,8 +196,25 @@ def build(study: Any, objective: str, confirmed: list[Row] | None = None) -> Sum
     front = pareto_front(study, trials)
     if front:
         md += "\n" + pareto_markdown(front, objective)
+    if ranked := prerank_of(study):
+        md += "\n" + prerank_mod.markdown(ranked, objective, measured_per_backbone(trials))
     md += f"\n**Verdict**: {final.text}\n"
     return Summary(trials, best, final, md, front)
+
+
+def prerank_of(study: Any) -> prerank_mod.Ranking | None:
+    stored = study.user_attrs.get(prerank_mod.ATTR)
+    return prerank_mod.Ranking.from_dict(stored) if stored else None
+
+
+def measured_per_backbone(trials: list[Row]) -> dict[str, float]:
+    """The best objective the search measured for each backbone (complete trials)."""
+    out: dict[str, float] = {}
+    for r in trials:
+        b = r.paradigm.backbone
+        if r.state == "COMPLETE" and r.value is not None and b:
+            out[b] = max(out.get(b, -math.inf), r.value)
+    return out
 
 
 def pareto_front(study: Any, trials: list[Row]) -> list[Row]:
@@ -225,12 +249,14 @@ def write(study: Any, out_dir: Path, objective: str, confirmed: list[Row] | None
     search = s.verdict if not confirmed else None
     columns = result_columns(objective)
     (out_dir / "paradigm_table.md").write_text(s.markdown, encoding="utf-8")
+    by_backbone = _per_backbone(s.best)  # a backbone column when backbones are searched
     _csv(
         out_dir / "paradigm_table.csv",
-        ["regime", "freeze", "best_trial", *columns, *VERDICT_COLUMNS],
+        ["backbone"] * by_backbone + ["regime", "freeze", "best_trial", *columns, *VERDICT_COLUMNS],
         [
-            [g, f, r.number, *r.results(), *_verdict_columns(search, r)]
-            for (g, f), r in sorted(s.best.items())
+            [r.paradigm.backbone] * by_backbone
+            + [r.paradigm.regime, f, r.number, *r.results(), *_verdict_columns(search, r)]
+            for (_, f), r in sorted(s.best.items())
         ],
     )
     if confirmed:
@@ -289,6 +315,9 @@ def log_to_parent(
     if s.complete:
         best_value = max(r.value for r in s.complete if r.value is not None)
         parent.log_metrics({f"search_best_{objective}": best_value})
+    if ranked := prerank_of(study):  # how well each score foretold the measured ranking
+        taus = prerank_mod.kendall(ranked, measured_per_backbone(s.trials))
+        parent.log_metrics({f"prerank_tau_{k}": tau for k, (tau, _) in taus.items()})
     w = s.verdict.winner  # of the confirmation runs when there are any
     if w is not None:
         test = w.est(w.on("test"))

@@ -33,8 +33,17 @@ from transfersweep.errors import TransferSweepError
 from transfersweep.paradigm import Paradigm
 from transfersweep.scores import Record
 from transfersweep.strategies import Strategy
+from transfersweep.sweep import (
+    backbones,
+    confirm,
+    default,
+    identity,
+    outcome,
+    prerank,
+    sampling,
+    summary,
+)
 from transfersweep.sweep import budget as budget_mod
-from transfersweep.sweep import confirm, default, identity, outcome, sampling, summary
 from transfersweep.sweep import space as space_mod
 from transfersweep.sweep.confirm import ConfirmSettings
 from transfersweep.sweep.hydra_optuna import SearchSpace, StockOptunaSweeper
@@ -108,6 +117,7 @@ class TransferSweeperImpl(StockOptunaSweeper):
         self.budget: budget_mod.Budget | None = None
         self.confirm_note: str | None = None  # what the budget left of the confirmation
         self.space_note: str | None = None  # why the space is narrower than configured
+        self.ranking: prerank.Ranking | None = None  # search.backbones before training
 
     def sweep(self, arguments: list[str]) -> None:
         try:
@@ -116,6 +126,9 @@ class TransferSweeperImpl(StockOptunaSweeper):
             seconds = budget_mod.parse(self.time_budget)
             if seconds is not None:
                 self.budget = budget_mod.Budget(seconds, str(self.time_budget))
+            presets = self.hydra_context.config_loader.get_group_options("backbone")
+            if wanted := backbones.entries(self.config):
+                shaped = self._with_backbones(shaped, wanted, presets)
         except TransferSweepError as e:
             log.error("error: %s", e)
             sys.exit(2)
@@ -123,6 +136,7 @@ class TransferSweeperImpl(StockOptunaSweeper):
         if self.space_note:
             log.info("%s", self.space_note)
         space = self.search_space(arguments)
+        space.backbones = {b: backbones.overrides(b, presets) for b in shaped.backbones}
         self.objectives = self.objectives or [str(self.config.trainer.objective)]
         self._check_settings()
         workers, parent = self._open(arguments, space)
@@ -160,6 +174,43 @@ class TransferSweeperImpl(StockOptunaSweeper):
             self._summarise(workers, parent, status, confirmed)
         self._finish(workers, tally, status)
 
+    def _with_backbones(
+        self, shaped: space_mod.Shaped, wanted: list[str], presets: list[str]
+    ) -> space_mod.Shaped:
+        """The backbone dimension, ranked before training (prerank.py) and cut to its top
+        search.prerank.keep."""
+        backbones.check_names(wanted, presets)
+        plain = [a for a in shaped.arguments if "=" in a and not any(c in a for c in ",()")]
+        probe = ["regime=target_only", "freeze=last_layer"]  # the target's images, frozen
+
+        def configs(entries: list[str]) -> dict[str, Any]:
+            return backbones.composed(entries, presets, [*plain, *probe], self.compose)
+
+        self.ranking = prerank.ordered(wanted, configs, self.config.search.prerank)
+        kept = self.ranking.kept if self.ranking is not None else wanted
+        if self.ranking is not None and self.ranking.dropped:
+            log.info(
+                "search.prerank.keep=%d: searching %s; dropped before training: %s",
+                len(kept), ", ".join(kept), ", ".join(self.ranking.dropped),
+            )  # fmt: skip
+        return space_mod.with_backbones(shaped, kept, presets, self.compose)
+
+    def _defaults(self, space: SearchSpace) -> list[dict[str, Any]]:
+        """The first trials: the config's paradigm, once per searched backbone (best-ranked
+        first) with that backbone's own optimizer preset."""
+        strategy_of = functools.partial(self._strategy_of, space)
+        if not space.backbones:
+            return [default.params(self.config, space, strategy_of)]
+        fixed = [f"{k}={v}" for k, v in space.fixed.items() if k != backbones.KEY]
+        out = []
+        for entry, extra in space.backbones.items():
+            cfg = self.compose([*fixed, *extra, f"trial.backbone={entry}"])
+            values = default.params(cfg, space, strategy_of)
+            out.append(
+                values | ({backbones.KEY: entry} if backbones.KEY in space.distributions else {})
+            )
+        return out
+
     def _open(self, arguments: list[str], space: SearchSpace) -> tuple[Workers, Any]:
         """The study and its MLflow parent run, created by the first worker (under the study
         lock: a fresh SQLite store must not be migrated by two processes at once)."""
@@ -192,12 +243,15 @@ class TransferSweeperImpl(StockOptunaSweeper):
             if self.space_note:
                 study.set_user_attr("space_note", self.space_note)
             new = not study.trials
+            if self.ranking is not None:
+                study.set_user_attr(prerank.ATTR, self.ranking.to_dict())
             if self.default_first and not space.grid and new:
-                values = default.params(cfg, space, functools.partial(self._strategy_of, space))
-                default.enqueue(study, values)
-                log.info(
-                    "trial 1 is the default: %s", ", ".join(f"{k}={v}" for k, v in values.items())
-                )
+                for i, values in enumerate(self._defaults(space), 1):
+                    default.enqueue(study, values)
+                    log.info(
+                        "trial %d is the default: %s",
+                        i, ", ".join(f"{k}={v}" for k, v in values.items()),
+                    )  # fmt: skip
             if cfg.tracking.enabled:  # the study names its parent run (a new study: a new one)
                 known = study.user_attrs.get("parent_run_id")
                 parent = tracking.open_parent(
@@ -207,6 +261,8 @@ class TransferSweeperImpl(StockOptunaSweeper):
             else:
                 parent = tracking.NoRun()
             parent.log_text(OmegaConf.to_yaml(cfg), "sweep_config.yaml")  # hydra.sweeper too
+            if self.ranking is not None:
+                prerank.log_to_parent(self.ranking, parent)
             workers.recover(self._end_children(parent))
             before = workers.counted()
         log.info(
@@ -266,7 +322,11 @@ class TransferSweeperImpl(StockOptunaSweeper):
         from transfersweep import strategies
 
         if freeze_option not in self._strategies:
-            fixed = [f"{k}={v}" for k, v in space.fixed.items() if not k.startswith("freeze")]
+            fixed = [
+                f"{k}={v}"
+                for k, v in space.fixed.items()
+                if not k.startswith("freeze") and not (space.backbones and k == backbones.KEY)
+            ]
             try:
                 freeze = (
                     self.compose([*fixed, f"freeze={freeze_option}"]).freeze
@@ -361,7 +421,7 @@ class TransferSweeperImpl(StockOptunaSweeper):
         others = ", ".join(
             f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
             for k, v in trial.params.items()
-            if k not in ("regime", "freeze")
+            if k not in ("regime", "freeze", backbones.KEY)
         )
         best = self._best_line(workers)
         if isinstance(result, outcome.Complete):
