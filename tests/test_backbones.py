@@ -11,8 +11,8 @@ import re
 import numpy as np
 import optuna
 import pytest
-from conftest import child_runs, cli, compose, runs, sweep_parent
 
+from conftest import child_runs, cli, compose, runs, sweep_parent
 from transfersweep.errors import ConfigError
 from transfersweep.sweep import prerank
 
@@ -101,9 +101,9 @@ def test_table_csv_and_verdict_are_per_backbone_and_the_champion_records_it(swep
     winner = parent.data.tags["best_paradigm"]
     mv = client.get_model_version_by_alias("digits-tiny+tiny_vit", "champion")
     assert mv.tags["paradigm"] == winner
-    assert mv.tags["backbone"] == {"tiny": "test_resnet", "tiny_vit": "test_vit"}[
-        winner.split("/")[0]
-    ]
+    assert (
+        mv.tags["backbone"] == {"tiny": "test_resnet", "tiny_vit": "test_vit"}[winner.split("/")[0]]
+    )
 
 
 def test_the_prerank_is_logged_on_the_parent_beside_the_measured_ranking(swept):
@@ -240,4 +240,6 @@ def test_pretrain_reuse_keys_on_the_backbone():
     a = compose(["backbone=tiny", "data.image_size=16"])
     b = compose(["backbone=tiny_vit", "data.image_size=16"])
     assert reuse.key(a, 0, "fp32") != reuse.key(b, 0, "fp32")
-    assert reuse.key(a, 0, "fp32") == reuse.key(compose(["backbone=tiny", "data.image_size=16"]), 0, "fp32")
+    assert reuse.key(a, 0, "fp32") == reuse.key(
+        compose(["backbone=tiny", "data.image_size=16"]), 0, "fp32"
+    )
