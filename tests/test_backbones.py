@@ -57,6 +57,8 @@ def test_each_backbone_is_ranked_then_its_default_runs_first_in_rank_order(swept
     assert sorted(order) == ["tiny", "tiny_vit"]
     knn = [s.knn for s in ranking.scores]
     assert knn == sorted(knn, reverse=True)  # ordered by kNN (search.prerank.score)
+    assert all(s.draws == 3 and s.n_images == 25 for s in ranking.scores)  # the repeats' draws
+    assert any(s.knn_sd > 0 for s in ranking.scores)  # the draws differ
     first, second = study.trials[:2]
     assert first.user_attrs["default"] and second.user_attrs["default"]
     assert [first.params["backbone"], second.params["backbone"]] == order

@@ -1,8 +1,10 @@
 """Rank the candidate backbones before any training, on their frozen pooled features.
 
-For each entry of search.backbones: one eval-mode pass over the target training images (the
-backbone's own preprocessing, pooled features `forward_head(..., pre_logits=True)`, what a
-linear probe sees), then two transferability scores, each timed:
+For each entry of search.backbones: an eval-mode pass over the target training images of every
+k-shot draw the repeats train on (the backbone's own preprocessing, pooled features
+`forward_head(..., pre_logits=True)`, what a linear probe sees), then two transferability
+scores per draw, averaged over the draws (few labelled images make one draw's score noisy),
+each timed:
 
 - **kNN**: leave-one-out accuracy of a k-nearest-neighbour vote (cosine similarity, majority
   vote, ties to the lowest class index as scikit-learn breaks them). Sorkhei et al. (2025,
@@ -101,44 +103,55 @@ def logme(features: np.ndarray, labels: np.ndarray) -> float:
 @dataclass
 class Score:
     backbone: str
-    knn: float
+    knn: float  # mean over the draws
     logme: float
-    knn_seconds: float
+    knn_sd: float  # standard deviation over the draws (0 with one)
+    logme_sd: float
+    draws: int  # the k-shot draws the repeats train on (1 without k_shot)
+    knn_seconds: float  # all draws
     logme_seconds: float
-    features_seconds: float  # the forward pass over the images
-    n_images: int
+    features_seconds: float  # loading the backbone and images, and the forward passes
+    n_images: int  # per draw
     dim: int
 
     def of(self, name: str) -> float:
         return float(getattr(self, name))
 
 
-def features_of(cfg: Any, max_images: int) -> tuple[np.ndarray, np.ndarray]:
-    """The backbone's pooled features of the target training images (the first draw), as a
-    plain run of `cfg` would preprocess them; at most `max_images` (every step-th one)."""
+def features_of(cfg: Any, max_images: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The backbone's pooled features of the target training images, as a plain run of `cfg`
+    would preprocess them: one (features, labels) per k-shot draw its repeats train on
+    (repeats.plan), at most `max_images` each (every n-th beyond)."""
     import torch
 
-    from transfersweep import features, inputs
+    from transfersweep import features, inputs, repeats
     from transfersweep.data import Batches
 
     ready = inputs.load(cfg)
-    train = ready.data.target.train
-    if len(train) > max_images:  # every step-th image: each class keeps about its share
-        train = train.subset(torch.arange(0, len(train), math.ceil(len(train) / max_images)))
-    batches = Batches(train, cfg.trainer.eval_batch_size, shuffle=False)
-    got = features.extract(ready.model, batches, ready.preprocess, ready.runtime)
-    return got.features.float().cpu().numpy(), got.labels.cpu().numpy()
+    out = []
+    for draw in dict.fromkeys(r.draw for r in repeats.plan(cfg.trainer)):
+        train = ready.data.target.draw(draw).train
+        if len(train) > max_images:
+            train = train.subset(torch.arange(0, len(train), math.ceil(len(train) / max_images)))
+        batches = Batches(train, cfg.trainer.eval_batch_size, shuffle=False)
+        got = features.extract(ready.model, batches, ready.preprocess, ready.runtime)
+        out.append((got.features.float().cpu().numpy(), got.labels.cpu().numpy()))
+    return out
 
 
 def score(entry: str, cfg: Any, k: int, max_images: int) -> Score:
     t0 = time.perf_counter()
-    f, y = features_of(cfg, max_images)
+    drawn = features_of(cfg, max_images)
     t1 = time.perf_counter()
-    knn = knn_loo(f, y, k)
+    knn = [knn_loo(f, y, k) for f, y in drawn]
     t2 = time.perf_counter()
-    lme = logme(f, y)
+    lme = [logme(f, y) for f, y in drawn]
     t3 = time.perf_counter()
-    return Score(entry, knn, lme, t2 - t1, t3 - t2, t1 - t0, len(y), f.shape[1])
+    f, y = drawn[0]
+    return Score(
+        entry, float(np.mean(knn)), float(np.mean(lme)), float(np.std(knn)), float(np.std(lme)),
+        len(drawn), t2 - t1, t3 - t2, t1 - t0, len(y), f.shape[1],
+    )  # fmt: skip
 
 
 @dataclass
@@ -192,10 +205,10 @@ def rank(configs: dict[str, Any], prerank: Any) -> Ranking:
                 f"({type(e).__name__}: {e}). Fix the backbone's settings or leave it out"
             ) from e
         log.info(
-            "prerank %s: kNN (k=%d, leave-one-out) %.3f in %.2fs | LogME %.4f in %.2fs | "
-            "features of %d images (%d-d) in %.1fs",
-            entry, prerank.k, s.knn, s.knn_seconds, s.logme, s.logme_seconds, s.n_images, s.dim,
-            s.features_seconds,
+            "prerank %s: kNN (k=%d, leave-one-out) %.3f ± %.3f in %.2fs | LogME %.4f ± %.4f in "
+            "%.2fs | %d draw(s) of %d images (%d-d features) in %.1fs",
+            entry, prerank.k, s.knn, s.knn_sd, s.knn_seconds, s.logme, s.logme_sd,
+            s.logme_seconds, s.draws, s.n_images, s.dim, s.features_seconds,
         )  # fmt: skip
         scores.append(s)
     by = str(prerank.score)
@@ -225,11 +238,12 @@ def markdown(ranking: Ranking, objective: str, measured: dict[str, float] | None
     column and Kendall's tau of each score against it."""
     lines = [
         f"Pre-ranking of the backbones before training, on frozen pooled features of the target "
-        f"training images (ordered by {ranking.by}; higher is better)"
+        f"training images: mean ± sd over the repeats' k-shot draws (ordered by {ranking.by}; "
+        "higher is better)"
         + (f"; searched: {', '.join(ranking.kept)}" if ranking.dropped else "")
         + ".",
         "",
-        "| backbone | kNN (LOO) | LogME | images | seconds (features / kNN / LogME) |"
+        "| backbone | kNN (LOO) | LogME | draws x images | seconds (features / kNN / LogME) |"
         + (f" best {objective} measured |" if measured is not None else ""),
         "|---|---|---|---|---|" + ("---|" if measured is not None else ""),
     ]
@@ -238,7 +252,8 @@ def markdown(ranking: Ranking, objective: str, measured: dict[str, float] | None
         if measured is not None:
             got = f"{measured[s.backbone]:.3f}" if s.backbone in measured else "not trained"
         lines.append(
-            f"| {s.backbone} | {s.knn:.3f} | {s.logme:.4f} | {s.n_images} | "
+            f"| {s.backbone} | {s.knn:.3f} ± {s.knn_sd:.3f} | {s.logme:.4f} ± {s.logme_sd:.4f} | "
+            f"{s.draws} x {s.n_images} | "
             f"{s.features_seconds:.1f} / {s.knn_seconds:.2f} / {s.logme_seconds:.2f} |"
             + (f" {got} |" if measured is not None else "")
         )
