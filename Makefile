@@ -20,7 +20,7 @@ BACKBONE_ARGS = $(if $(wildcard conf/backbone/$(BACKBONE).yaml),backbone=$(BACKB
 BACKBONES ?=
 KEEP ?=
 comma := ,
-SWEEP_BACKBONE_ARGS = $(if $(BACKBONES),search.backbones=[$(BACKBONES)] $(if $(KEEP),search.prerank.keep=$(KEEP)),$(BACKBONE_ARGS))
+SWEEP_BACKBONE_ARGS = $(if $(BACKBONES),'search.backbones=[$(BACKBONES)]' $(if $(KEEP),search.prerank.keep=$(KEEP)),$(BACKBONE_ARGS))
 DATA_ARGS = $(if $(TARGET),data=imagefolder data.target.root=$(abspath $(TARGET)) $(if $(SOURCE),data.source.root=$(abspath $(SOURCE))),data=$(DATA))
 # The study (and the registered model) is named after what it is about: <target folder or DATA>-<BACKBONE>
 NAME = $(if $(TARGET),$(notdir $(abspath $(TARGET))),$(DATA))-$(if $(BACKBONES),$(subst $(comma),+,$(BACKBONES)),$(BACKBONE))

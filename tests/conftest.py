@@ -85,6 +85,13 @@ def runs(outputs: Path, experiment: str = "transfersweep"):
     return client, client.search_runs([exp.experiment_id], max_results=1000)
 
 
+def load_study(outputs: Path, name: str):
+    """The Optuna study `name` in the default storage under `outputs`."""
+    import optuna
+
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{outputs / 'optuna.db'}")
+
+
 def sweep_parent(found: list):
     """The one sweep parent run among `found` (runs()[1])."""
     (parent,) = [r for r in found if r.data.tags.get("transfersweep.role") == "sweep"]

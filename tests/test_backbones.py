@@ -9,10 +9,9 @@ import math
 import re
 
 import numpy as np
-import optuna
 import pytest
 
-from conftest import child_runs, cli, compose, runs, sweep_parent
+from conftest import child_runs, cli, compose, load_study, runs, sweep_parent
 from transfersweep.errors import ConfigError
 from transfersweep.sweep import prerank
 
@@ -29,29 +28,26 @@ BASE = [
 ]
 
 
-def _study(out, name):
-    return optuna.load_study(study_name=name, storage=f"sqlite:///{out / 'optuna.db'}")
+def _sweep(out, *more: str) -> str:
+    """A sweep over the two tiny backbones into `out`; its log."""
+    res = cli([*BASE, *more, f"paths.outputs={out}"], cwd=out)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return res.stdout + res.stderr
 
 
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory):
     out = tmp_path_factory.mktemp("backbones")
-    args = [
-        *BASE,
-        "trainer.repeats=3",
-        "hydra.sweeper.n_trials=4",
-        "hydra.sweeper.confirm.top_k=2",
-        "hydra.sweeper.confirm.repeats=3",
-        f"paths.outputs={out}",
-    ]
-    res = cli(args, cwd=out)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    return out, res.stdout + res.stderr
+    log = _sweep(
+        out, "trainer.repeats=3", "hydra.sweeper.n_trials=4",
+        "hydra.sweeper.confirm.top_k=2", "hydra.sweeper.confirm.repeats=3",
+    )  # fmt: skip
+    return out, log
 
 
 def test_each_backbone_is_ranked_then_its_default_runs_first_in_rank_order(swept):
     out, log = swept
-    study = _study(out, "digits-tiny+tiny_vit")  # the default name lists the backbones
+    study = load_study(out, "digits-tiny+tiny_vit")  # the default name lists the backbones
     ranking = prerank.Ranking.from_dict(study.user_attrs[prerank.ATTR])
     order = [s.backbone for s in ranking.scores]
     assert sorted(order) == ["tiny", "tiny_vit"]
@@ -131,21 +127,15 @@ def test_the_prerank_is_logged_on_the_parent_beside_the_measured_ranking(swept):
 
 @pytest.mark.slow
 def test_keep_one_drops_the_other_backbone_before_any_training(tmp_path):
-    args = [
-        *BASE,
-        "search.prerank.keep=1",
-        "trainer.repeats=2",
-        "hydra.sweeper.n_trials=2",
+    log = _sweep(
+        tmp_path, "search.prerank.keep=1", "trainer.repeats=2", "hydra.sweeper.n_trials=2",
         "hydra.sweeper.confirm.top_k=0",
-        f"paths.outputs={tmp_path}",
-    ]
-    res = cli(args, cwd=tmp_path)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    study = _study(tmp_path, "digits-tiny+tiny_vit")
+    )  # fmt: skip
+    study = load_study(tmp_path, "digits-tiny+tiny_vit")
     ranking = prerank.Ranking.from_dict(study.user_attrs[prerank.ATTR])
     best, dropped = ranking.scores[0].backbone, ranking.scores[1].backbone
     assert ranking.kept == [best] and ranking.dropped == [dropped]
-    assert f"dropped before training: {dropped}" in res.stdout + res.stderr
+    assert f"dropped before training: {dropped}" in log
     client, found = runs(tmp_path)
     trials = child_runs(found, sweep_parent(found))
     assert len(trials) == 2

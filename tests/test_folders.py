@@ -4,17 +4,12 @@ refuses to mix in another's trials."""
 
 from __future__ import annotations
 
-import optuna
 import pytest
 
-from conftest import FAST, cli, runs, sweep_parent
+from conftest import FAST, cli, load_study, runs, sweep_parent
 
 SWEEP = ["-m", "sweep=paradigm", *FAST, "search.strategies=[last_layer,full]",
          "hydra.sweeper.n_trials=2", "hydra.sweeper.confirm.top_k=0"]  # fmt: skip
-
-
-def _study(outputs, name):
-    return optuna.load_study(study_name=name, storage=f"sqlite:///{outputs / 'optuna.db'}")
 
 
 def test_a_target_folder_alone_sweeps_without_the_source_regimes(outputs, image_folder):
@@ -25,7 +20,7 @@ def test_a_target_folder_alone_sweeps_without_the_source_regimes(outputs, image_
     assert res.returncode == 0, out[-3000:]
     note = "the search covered target_only only: pretrain_finetune, joint, pretrain_joint need one"
     assert note in out
-    study = _study(outputs, "birds-test_resnet")  # named after the folder and the backbone
+    study = load_study(outputs, "birds-test_resnet")  # named after the folder and the backbone
     assert {t.params.get("regime", "target_only") for t in study.trials} == {"target_only"}
     assert study.trials[0].user_attrs["default"] and study.trials[0].params["freeze"] == "full"
     assert "the default (target_only+full) is " in out  # what `make train TARGET=...` runs
@@ -47,7 +42,7 @@ def test_a_single_run_that_needs_a_source_names_the_fix(outputs, image_folder):
 
 
 @pytest.mark.slow
-def test_a_second_folder_project_is_refused_by_the_first_ones_study(
+def test_a_second_folder_project_is_refused_by_the_first_onesload_study(
     outputs, tmp_path, image_folder
 ):
     """Two projects whose folders share a name: the second resumes nothing of the first."""
@@ -57,7 +52,7 @@ def test_a_second_folder_project_is_refused_by_the_first_ones_study(
     b = write_image_folder(tmp_path / "other" / "birds", {"crow": 12, "jay": 12}, seed=3)
     common = [*SWEEP, "data=imagefolder", f"paths.outputs={outputs}"]
     assert cli([*common, f"data.target.root={a}"], cwd=outputs).returncode == 0
-    before = len(_study(outputs, "birds-test_resnet").trials)
+    before = len(load_study(outputs, "birds-test_resnet").trials)
 
     res = cli([*common, f"data.target.root={b}"], cwd=outputs)
     err = res.stdout + res.stderr
@@ -65,7 +60,7 @@ def test_a_second_folder_project_is_refused_by_the_first_ones_study(
     assert "study 'birds-test_resnet' holds trials of another sweep" in err
     assert "data (target.fingerprint" in err and "STUDY=<name>" in err
     assert "hydra.sweeper.resume_changed=true" in err
-    assert len(_study(outputs, "birds-test_resnet").trials) == before  # nothing ran
+    assert len(load_study(outputs, "birds-test_resnet").trials) == before  # nothing ran
 
     # the same folder with another backbone is refused too; a new name is the fix
     res = cli([*common, f"data.target.root={a}", "hydra.sweeper.study_name=birds-test_resnet",
@@ -73,10 +68,10 @@ def test_a_second_folder_project_is_refused_by_the_first_ones_study(
     assert res.returncode == 2 and "name: test_resnet -> test_vit" in res.stdout + res.stderr
     res = cli([*common, f"data.target.root={b}", "hydra.sweeper.study_name=corvids"], cwd=outputs)
     assert res.returncode == 0
-    assert len(_study(outputs, "corvids").trials) == 2
+    assert len(load_study(outputs, "corvids").trials) == 2
 
     # ... or the flag that says "yes, continue": the study takes 2 more trials
     res = cli([*common, f"data.target.root={b}", "hydra.sweeper.n_trials=4",
                "hydra.sweeper.resume_changed=true"], cwd=outputs)  # fmt: skip
     assert res.returncode == 0, (res.stdout + res.stderr)[-2000:]
-    assert len(_study(outputs, "birds-test_resnet").trials) == before + 2
+    assert len(load_study(outputs, "birds-test_resnet").trials) == before + 2

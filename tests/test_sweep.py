@@ -8,7 +8,7 @@ import re
 import optuna
 import pytest
 
-from conftest import child_runs, cli, runs, sweep_parent
+from conftest import child_runs, cli, load_study, runs, sweep_parent
 from transfersweep.scores import Record
 
 FAST_SWEEP = [
@@ -19,10 +19,6 @@ FAST_SWEEP = [
     "trainer.device=cpu",
     "trainer.threads=1",
 ]
-
-
-def _study(out, name):
-    return optuna.load_study(study_name=name, storage=f"sqlite:///{out / 'optuna.db'}")
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +45,7 @@ def sweep(tmp_path_factory):
 
 def test_study_holds_the_trials_with_paradigm_params(sweep):
     out, _, _ = sweep
-    study = _study(out, "t")
+    study = load_study(out, "t")
     assert len(study.trials) == 5
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
     for t in study.trials:
@@ -80,7 +76,7 @@ def test_mlflow_parent_with_nested_tagged_children_and_summary(sweep):
     assert "regime" in parent.data.params["search_space"]
     children = child_runs(found, parent)
     assert len(children) == 5 and all(c.info.status == "FINISHED" for c in children)
-    study = _study(out, "t")
+    study = load_study(out, "t")
     by_trial = {int(c.data.tags["trial"]): c for c in children}
     assert set(by_trial) == {t.number for t in study.trials}
     for t in study.trials:
@@ -121,7 +117,7 @@ def test_mlflow_parent_with_nested_tagged_children_and_summary(sweep):
 
 def test_repeats_are_paired_draws_identical_across_trials(sweep):
     out, _, _ = sweep
-    records = [Record.from_dict(t.user_attrs["record"]) for t in _study(out, "t").trials]
+    records = [Record.from_dict(t.user_attrs["record"]) for t in load_study(out, "t").trials]
     assert all(r.draw == records[0].draw for r in records)  # repeat r: the same k-shot images
     assert len(set(records[0].draw)) == 3  # and a different draw per repeat
     assert all(r.index == [0, 1, 2] for r in records)
@@ -131,7 +127,7 @@ def test_confirmation_reruns_the_top_paradigms_on_fresh_repeats(sweep):
     out, res, _ = sweep
     client, found = runs(out)
     parent = sweep_parent(found)
-    study = _study(out, "t")
+    study = load_study(out, "t")
     best = {}  # best trial per paradigm cell, as the summary picks it
     for t in study.trials:
         cell = (t.params["regime"], t.params["freeze"])
@@ -215,7 +211,7 @@ def test_progress_line_per_trial(sweep):
 
 def test_the_default_runs_first_and_the_verdict_says_where_it_ended(sweep):
     out, res, _ = sweep
-    study = _study(out, "t")
+    study = load_study(out, "t")
     first = study.trials[0]
     # the paradigm and values of a plain run of the same command (conf/train.yaml, optimizer=adamw)
     assert first.user_attrs["default"] is True
@@ -238,7 +234,7 @@ def test_a_time_budget_stops_the_search_and_the_verdict_says_what_it_allowed(tmp
     res = cli(args, cwd=tmp_path)
     log = res.stdout + res.stderr
     assert res.returncode == 0, log[-3000:]
-    study = _study(tmp_path, "budget")
+    study = load_study(tmp_path, "budget")
     n = len(study.trials)
     assert n < 50, n  # 1-5 s trials: the budget, not n_trials, ended the search
     starts = sorted(t.datetime_start for t in study.trials)
@@ -301,12 +297,12 @@ def test_same_study_name_resumes_and_adds_trials(sweep):
     again = cli(args, cwd=out)  # n_trials is the study's total: the same command runs nothing more
     assert again.returncode == 0, again.stderr[-3000:]
     assert "0 trial(s) to run (n_trials=5 is the study's total, 5 already" in again.stdout
-    assert len(_study(out, "t").trials) == 5
+    assert len(load_study(out, "t").trials) == 5
     res = cli([*args, "hydra.sweeper.n_trials=7"], cwd=out)  # the later override wins
     assert res.returncode == 0, res.stderr[-3000:]
     assert "2 trial(s) to run (n_trials=7 is the study's total, 5 already" in res.stdout
     assert "trial 7/7 [#6]" in res.stdout
-    study = _study(out, "t")
+    study = load_study(out, "t")
     assert len(study.trials) == 7 and len({t.number for t in study.trials}) == 7
     _, found = runs(out)
     parent = sweep_parent(found)  # the study's parent run is reopened, not duplicated
@@ -326,7 +322,7 @@ def test_failing_trial_does_not_stop_the_sweep(tmp_path):
     ]
     res = cli(args, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
-    study = _study(tmp_path, "grid-digits-test_resnet")
+    study = load_study(tmp_path, "grid-digits-test_resnet")
     states = {t.params["freeze"]: t.state for t in study.trials}
     assert states == {
         "last_layer": optuna.trial.TrialState.COMPLETE,
@@ -381,7 +377,7 @@ def test_pruned_trial_is_pruned_in_optuna_and_tagged_in_mlflow(tmp_path):
     ]
     res = cli(args, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
-    study = _study(tmp_path, "grid-digits-test_resnet")
+    study = load_study(tmp_path, "grid-digits-test_resnet")
     states = {t.params["pruner.threshold"]: t for t in study.trials}
     assert states[0.0].state == optuna.trial.TrialState.COMPLETE
     assert sorted(states[0.0].intermediate_values) == [1, 2, 3]  # every epoch reported
@@ -415,7 +411,7 @@ def test_parallel_trials_with_the_joblib_launcher(tmp_path):
     ]
     res = cli(args, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
-    study = _study(tmp_path, "digits-test_resnet")
+    study = load_study(tmp_path, "digits-test_resnet")
     assert sorted(t.number for t in study.trials) == [0, 1, 2, 3]
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
     _, found = runs(tmp_path)
@@ -447,7 +443,7 @@ def test_submitit_local_launcher_runs_each_trial_as_its_own_job(tmp_path):
     ]
     res = cli(args, cwd=tmp_path)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    study = _study(tmp_path, "digits-test_resnet")
+    study = load_study(tmp_path, "digits-test_resnet")
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
     jobs = list(tmp_path.glob("sweeps/*/*/.submitit/*/*_result.pkl"))
     assert len(jobs) == 2  # one submitit job (own process, own result) per trial
@@ -467,7 +463,7 @@ def test_pareto_sweep_is_two_objective_with_its_front_on_the_parent(tmp_path):
     ]  # fmt: skip
     res = cli(args, cwd=tmp_path)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    study = _study(tmp_path, "digits-test_resnet-pareto")
+    study = load_study(tmp_path, "digits-test_resnet-pareto")
     assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
     for t in study.trials:  # the objectives: val accuracy and the target stages' seconds
         val = Record.from_dict(t.user_attrs["record"]).estimate("val_acc").mean
@@ -526,7 +522,7 @@ def test_paradigm_sweep_searches_every_strategy_with_its_own_keys(tmp_path):
     ]  # fmt: skip
     res = cli(args, cwd=tmp_path)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    study = _study(tmp_path, "digits-test_resnet")
+    study = load_study(tmp_path, "digits-test_resnet")
     own = {"surgical": {"freeze.block"}, "lp_ft": {"freeze.probe_epochs", "freeze.probe_lr_scale"},
            "gradual": {"freeze.unfreeze_every"}, "lora": {"freeze.rank", "freeze.alpha"},
            "last_blocks": {"freeze.n_blocks"}}  # fmt: skip
@@ -580,11 +576,11 @@ def test_a_new_study_under_an_old_name_gets_its_own_parent_run(tmp_path):
         assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     first = sweep_parent(runs(tmp_path)[1])
     assert first.data.tags["resumed"] == "true"
-    assert _study(tmp_path, "again").user_attrs["parent_run_id"] == first.info.run_id
-    optuna.delete_study(study_name="again", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert load_study(tmp_path, "again").user_attrs["parent_run_id"] == first.info.run_id
+    optuna.deleteload_study(study_name="again", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
     res = cli(args, cwd=tmp_path)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     parents = [r for r in runs(tmp_path)[1] if r.data.tags.get("transfersweep.role") == "sweep"]
     (second,) = [p for p in parents if p.info.run_id != first.info.run_id]
     assert "resumed" not in second.data.tags
-    assert _study(tmp_path, "again").user_attrs["parent_run_id"] == second.info.run_id
+    assert load_study(tmp_path, "again").user_attrs["parent_run_id"] == second.info.run_id
