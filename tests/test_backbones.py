@@ -235,3 +235,26 @@ def test_pretrain_reuse_keys_on_the_backbone():
     assert reuse.key(a, 0, "fp32") == reuse.key(
         compose(["backbone=tiny", "data.image_size=16"]), 0, "fp32"
     )
+
+
+def test_the_lr_dimension_covers_every_backbones_optimizer_preset():
+    from transfersweep.sweep import space
+
+    shaped = space.Shaped(["data=digits"], {"optimizer.lr": "tag(log, interval(0.0003, 0.003))"})
+    got = space.with_backbones(shaped, ["lite0", "tiny"], ["lite0", "tiny"], compose)
+    assert (
+        got.params["optimizer.lr"] == "tag(log, interval(3e-05, 0.003))"
+    )  # adamw_pretrained + adamw
+    assert got.arguments == ["data=digits", "backbone=choice(lite0,tiny)"]
+    assert got.backbones == ["lite0", "tiny"]
+    mine = space.with_backbones(
+        space.Shaped(["optimizer.lr=0.001"], dict(shaped.params)),
+        ["lite0", "tiny"],
+        ["lite0"],
+        compose,
+    )
+    assert (
+        mine.params["optimizer.lr"] == shaped.params["optimizer.lr"]
+    )  # the command line's lr stays
+    with pytest.raises(ConfigError, match="give one"):
+        space.refuse_fixed_backbone(["backbone=lite0"], ["lite0", "tiny"])

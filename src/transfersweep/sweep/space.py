@@ -48,20 +48,31 @@ def with_backbones(
     lr range that covers each backbone's optimizer preset (sweep/backbones.py)."""
     from transfersweep.sweep import backbones
 
-    given = {a.split("=", 1)[0].lstrip("+~") for a in shaped.arguments if "=" in a}
-    if given & {"backbone", "backbone.name"}:
-        raise ConfigError(
-            f"search.backbones={wanted} and backbone= on the command line: give one (the "
-            "backbones to search, or the one backbone to use)"
-        )
-    plain = [a for a in shaped.arguments if "=" in a and not any(c in a for c in ",()")]
-    configs = backbones.composed(wanted, presets, plain, compose)
+    given = _given(shaped.arguments)
+    configs = backbones.composed(wanted, presets, plain(shaped.arguments), compose)
     params = dict(shaped.params)
     lo, hi = backbones.lr_range(configs)
     if "optimizer.lr" in params and "optimizer.lr" not in given:
         params["optimizer.lr"] = f"tag(log, interval({lo:g}, {hi:g}))"
     choice = wanted[0] if len(wanted) == 1 else f"choice({','.join(wanted)})"
     return Shaped([*shaped.arguments, f"{backbones.KEY}={choice}"], params, shaped.note, wanted)
+
+
+def _given(arguments: list[str]) -> set[str]:
+    return {a.split("=", 1)[0].lstrip("+~") for a in arguments if "=" in a}
+
+
+def plain(arguments: list[str]) -> list[str]:
+    """The command line's fixed values (sweep=..., data...), as every job gets them."""
+    return [a for a in arguments if "=" in a and not any(c in a for c in ",()")]
+
+
+def refuse_fixed_backbone(arguments: list[str], wanted: list[str]) -> None:
+    if _given(arguments) & {"backbone", "backbone.name"}:
+        raise ConfigError(
+            f"search.backbones={wanted} and backbone= on the command line: give one (the "
+            "backbones to search, or the one backbone to use)"
+        )
 
 
 def options(spec: str) -> list[str]:
@@ -82,12 +93,9 @@ def regimes_for_data(
         return Shaped(arguments, params)
     given = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in arguments if "=" in a}
     spec = given.get("regime", params.get("regime", config.regime.name))
-    plain = [  # the command line's fixed values (sweep=..., data...), as jobs get them
-        a for a in arguments
-        if "=" in a and not a.startswith("regime=") and not any(c in a for c in ",()")
-    ]  # fmt: skip
+    fixed = [a for a in plain(arguments) if not a.startswith("regime=")]
     wanted = options(str(spec))
-    drop = [r for r in wanted if needs_source(compose([*plain, f"regime={r}"]).regime)]
+    drop = [r for r in wanted if needs_source(compose([*fixed, f"regime={r}"]).regime)]
     keep = [r for r in wanted if r not in drop]
     if not drop:
         return Shaped(arguments, params)
@@ -112,8 +120,7 @@ def with_strategies(
     config: Any, params: dict[str, Any], arguments: list[str], freeze_options: list[str]
 ) -> list[str]:
     """The command line plus the freeze dimension from search.strategies."""
-    given = {a.split("=", 1)[0].lstrip("+~") for a in arguments if "=" in a}
-    if "freeze" in given or "freeze" in params:
+    if "freeze" in _given(arguments) or "freeze" in params:
         return arguments
     from transfersweep.strategies import BUILT_IN
 

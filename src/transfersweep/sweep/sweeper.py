@@ -179,12 +179,12 @@ class TransferSweeperImpl(StockOptunaSweeper):
     ) -> space_mod.Shaped:
         """The backbone dimension, ranked before training (prerank.py) and cut to its top
         search.prerank.keep."""
+        space_mod.refuse_fixed_backbone(shaped.arguments, wanted)
         backbones.check_names(wanted, presets)
-        plain = [a for a in shaped.arguments if "=" in a and not any(c in a for c in ",()")]
-        probe = ["regime=target_only", "freeze=last_layer"]  # the target's images, frozen
+        fixed = [*space_mod.plain(shaped.arguments), "regime=target_only", "freeze=last_layer"]
 
-        def configs(entries: list[str]) -> dict[str, Any]:
-            return backbones.composed(entries, presets, [*plain, *probe], self.compose)
+        def configs(entries: list[str]) -> dict[str, Any]:  # the target's images, frozen
+            return backbones.composed(entries, presets, fixed, self.compose)
 
         self.ranking = prerank.ordered(wanted, configs, self.config.search.prerank)
         kept = self.ranking.kept if self.ranking is not None else wanted
