@@ -10,6 +10,7 @@ import sys
 sys.path.insert(0, os.path.dirname(__file__))
 
 import bench_block_cache  # noqa: E402
+import bench_cores  # noqa: E402
 import bench_epoch  # noqa: E402
 import bench_feature_cache  # noqa: E402
 import bench_memory  # noqa: E402
@@ -40,6 +41,7 @@ if __name__ == "__main__":
         ("pruning", bench_pruning.main),
         ("memory", bench_memory.main),
         ("workers", bench_workers.main),
+        ("cores", bench_cores.main),
     ]:
         if not only or name in only:
             fn()

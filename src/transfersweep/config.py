@@ -163,7 +163,9 @@ class TrainerConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 elsewhere) | fp32 | bf16 | fp16
     channels_last: bool = False
-    threads: int | None = None  # torch intra-op threads; null = torch's default
+    # torch intra-op threads; null: torch's default, split between the transfersweep runs
+    # training on this machine when the run starts (transfersweep.cores)
+    threads: int | None = None
     eval_batch_size: int = 256
     # Run the target stage(s) this many times; the objective is the mean. Repeat r trains on
     # k-shot draw r and seed r (repeat_over=both), or varies only one of them (seed | draw).

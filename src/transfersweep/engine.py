@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
@@ -63,8 +62,10 @@ class Runtime:
             )
         amp = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
         threads = t.threads
-        if threads is None and parallel_jobs > 1:  # share the cores, don't oversubscribe them
-            threads = max(1, (os.cpu_count() or 1) // parallel_jobs)
+        if threads is None:  # share the cores with the other runs on this machine (cores.py)
+            from transfersweep import cores
+
+            threads = cores.share(parallel_jobs)
         return cls(device, amp, bool(t.channels_last), threads)
 
     def autocast(self):

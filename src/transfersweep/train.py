@@ -37,7 +37,7 @@ register_schemas()
 
 def run(cfg: DictConfig) -> float:
     """Run one paradigm; returns the objective (trainer.objective): its mean over repeats."""
-    from transfersweep import inputs, progress, scores, tracking
+    from transfersweep import cores, inputs, progress, scores, tracking
     from transfersweep.memory import memory_guard
     from transfersweep.sweep.trial import TrialLink
 
@@ -60,7 +60,7 @@ def run(cfg: DictConfig) -> float:
     track = functools.partial(
         tracking.start, cfg, name, tags, state.run_id if state else None
     )  # a resumed run continues its MLflow run
-    with resume.kept_on_interrupt(state), progress.installed(state):
+    with resume.kept_on_interrupt(state), progress.installed(state), cores.registered():
         with track() if link.active else nullcontext() as early:
             ready = memory_guard(
                 cfg, "preparing data and model", inputs.load, cfg, link.parallel_jobs

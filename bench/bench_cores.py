@@ -1,0 +1,73 @@
+"""Two runs on one machine: one after the other, at once sharing the cores, at once oversubscribed.
+
+The same single run (resnet18 from scratch, full fine-tuning on the digits target at 64 px, one
+repeat, no resume state) twice, three ways, each timed from the first start to the last end:
+
+- one after the other, each at torch's default threads (the reference: 1.00);
+- both at once with `trainer.threads` null: each takes cores // 2 (transfersweep.cores);
+- both at once, each at torch's default threads (`trainer.threads=<default>`: what two
+  processes did before the cores were shared).
+
+Target: at once and shared <= 1.00 (two trials in no more time than one after the other).
+`make bench ARGS=cores` (about 3 minutes on 2 cores).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import report
+
+RUN = [
+    "backbone=resnet18", "data=digits", "data.image_size=64", "regime=target_only",
+    "freeze=full", "trainer.target_epochs=8", "trainer.repeats=1", "trainer.device=cpu",
+    "trainer.resume=false", "tracking.log_checkpoint=false",
+]  # fmt: skip
+
+
+def _runs(out: Path, at_once: bool, extra: list[str]) -> float:
+    def start(i: int) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "transfersweep.train", *RUN, f"paths.outputs={out / str(i)}",
+             *extra],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFERSWEEP_RUNS_DIR": str(out)},
+        )  # fmt: skip
+
+    t0 = time.perf_counter()
+    if at_once:
+        procs = [start(0), start(1)]
+        codes = [p.wait() for p in procs]
+    else:
+        codes = [start(0).wait(), start(1).wait()]
+    assert codes == [0, 0], f"a run failed: exit codes {codes}"
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    import torch
+
+    default = torch.get_num_threads()
+    print(f"two runs on {os.cpu_count()} cores (torch's default: {default} threads)")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        apart = _runs(out / "a", False, [])
+        shared = _runs(out / "b", True, [])
+        crowded = _runs(out / "c", True, [f"trainer.threads={default}"])
+    report("one after the other (default threads)", f"{apart:.1f} s", "1.00")
+    report(
+        "at once, cores shared (threads null)",
+        f"{shared:.1f} s",
+        "<= 1.00",
+        f"{shared / apart:.2f}x",
+    )
+    report("at once, both at default threads", f"{crowded:.1f} s", "", f"{crowded / apart:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

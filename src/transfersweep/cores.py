@@ -1,0 +1,93 @@
+"""Share this machine's cores between the transfersweep runs on it, instead of oversubscribing.
+
+Two training processes at torch's default threads on 2 cores made each step about 3x slower
+(bench/README.md). So every run (a single run, or a sweep's trial in whichever process runs it:
+the sweep itself, a joblib worker, another worker of the same study, another study) registers
+its process id in a per-user folder while it trains, and a run whose `trainer.threads` is null
+takes `cores // processes registered`: alone, all of them (torch's default), beside one other
+run, half. The count is taken when a run starts, not during it: a run's thread count stays
+fixed, so its numbers stay reproducible for that count (CPU reductions can round differently
+with another split), and a run that started alone keeps its threads until its next trial.
+joblib's workers additionally get OMP/MKL/OpenBLAS limits from joblib itself (cores // n_jobs).
+`TRANSFERSWEEP_RUNS_DIR` moves the folder (default: the temp dir).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def available() -> int:
+    """The cores this process may use (its CPU affinity where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        return os.cpu_count() or 1
+
+
+def _folder() -> Path:
+    base = os.environ.get("TRANSFERSWEEP_RUNS_DIR") or tempfile.gettempdir()
+    return Path(base) / f"transfersweep-runs-{os.getuid() if hasattr(os, 'getuid') else 0}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def running() -> int:
+    """Registered processes that are alive (a dead one's entry is removed)."""
+    folder, n = _folder(), 0
+    for entry in folder.glob("*") if folder.is_dir() else ():
+        try:
+            pid = int(entry.name)
+        except ValueError:
+            continue
+        if _alive(pid):
+            n += 1
+        else:
+            entry.unlink(missing_ok=True)
+    return n
+
+
+@contextlib.contextmanager
+def registered() -> Iterator[None]:
+    """This process counted as a training process while the block runs (re-entrant: a nested
+    registration of the same process counts once)."""
+    folder = _folder()
+    folder.mkdir(parents=True, exist_ok=True)
+    entry = folder / str(os.getpid())
+    mine = not entry.exists()
+    entry.touch()
+    try:
+        yield
+    finally:
+        if mine:
+            entry.unlink(missing_ok=True)
+
+
+_default: int | None = None  # torch's own thread count, before this module changed it
+
+
+def share(parallel_jobs: int = 1) -> int:
+    """Threads for a run that starts now: torch's default (physical cores, or what OMP_NUM_THREADS
+    or joblib set) split between the registered processes (this one included) and, within a
+    joblib launcher, its `parallel_jobs` workers (already pre-split by joblib: not split twice)."""
+    import torch
+
+    global _default
+    if _default is None:
+        _default = torch.get_num_threads()
+    n = max(running(), 1)
+    if parallel_jobs > 1:  # joblib's workers: its limit already is cores // n_jobs
+        return max(1, min(_default, available() // max(n, parallel_jobs)))
+    return max(1, min(_default, available()) // n)
