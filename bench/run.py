@@ -19,6 +19,7 @@ import bench_resume  # noqa: E402
 import bench_reuse  # noqa: E402
 import bench_startup  # noqa: E402
 import bench_tracking  # noqa: E402
+import bench_verdict  # noqa: E402
 import bench_workers  # noqa: E402
 import torch  # noqa: E402
 
@@ -42,6 +43,7 @@ if __name__ == "__main__":
         ("memory", bench_memory.main),
         ("workers", bench_workers.main),
         ("cores", bench_cores.main),
+        ("verdict", bench_verdict.main),
     ]:
         if not only or name in only:
             fn()
