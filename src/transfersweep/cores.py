@@ -34,7 +34,8 @@ def _folder() -> Path:
     return Path(base) / f"transfersweep-runs-{os.getuid() if hasattr(os, 'getuid') else 0}"
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether process `pid` of this machine still runs."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -52,7 +53,7 @@ def running() -> int:
             pid = int(entry.name)
         except ValueError:
             continue
-        if _alive(pid):
+        if alive(pid):
             n += 1
         else:
             entry.unlink(missing_ok=True)

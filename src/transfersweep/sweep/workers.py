@@ -23,6 +23,7 @@ from typing import Any
 
 import optuna
 
+from transfersweep.cores import alive
 from transfersweep.sweep.lock import study_lock
 from transfersweep.sweep.outcome import REDO, Complete, Interrupted, Outcome, Pruned, Stale
 
@@ -35,16 +36,6 @@ def worker_name() -> str:
     """`host:pid` of this sweep process, stored on each trial it runs. TRANSFERSWEEP_HOST names the
     host where machines share a hostname (e.g. containers started from one image)."""
     return f"{os.environ.get('TRANSFERSWEEP_HOST') or socket.gethostname()}:{os.getpid()}"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _redo(t: Any) -> bool:
@@ -94,7 +85,7 @@ class Workers:
         owner = t.user_attrs.get("sweeper") or ""
         host, _, pid = owner.rpartition(":")
         if owner and host == self.me.rpartition(":")[0]:  # this host: ask the OS
-            return not _alive(int(pid))
+            return not alive(int(pid))
         beat = t.user_attrs.get("heartbeat")  # another host: its sweep process beats while it runs
         last = float(beat) if beat is not None else t.datetime_start.timestamp()
         return time.time() - last > self.stale_after_s
