@@ -42,7 +42,7 @@ def test_a_single_run_that_needs_a_source_names_the_fix(outputs, image_folder):
 
 
 @pytest.mark.slow
-def test_a_second_folder_project_is_refused_by_the_first_onesload_study(
+def test_a_second_folder_project_is_refused_by_the_first_ones_study(
     outputs, tmp_path, image_folder
 ):
     """Two projects whose folders share a name: the second resumes nothing of the first."""

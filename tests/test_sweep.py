@@ -577,7 +577,7 @@ def test_a_new_study_under_an_old_name_gets_its_own_parent_run(tmp_path):
     first = sweep_parent(runs(tmp_path)[1])
     assert first.data.tags["resumed"] == "true"
     assert load_study(tmp_path, "again").user_attrs["parent_run_id"] == first.info.run_id
-    optuna.deleteload_study(study_name="again", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    optuna.delete_study(study_name="again", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
     res = cli(args, cwd=tmp_path)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     parents = [r for r in runs(tmp_path)[1] if r.data.tags.get("transfersweep.role") == "sweep"]
