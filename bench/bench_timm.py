@@ -53,9 +53,23 @@ from common import ROOT, compose, report
 
 TIMM_TRAIN = ROOT / "bench/third_party/timm/train.py"
 CLASSES = (5, 6, 7, 8, 9)
-PER_CLASS = {"train": 32, "val": 40, "test": 10}
-BATCH, LR, WD, WARMUP, WORKERS = 32, 3e-4, 0.05, 2, 2
+PER_CLASS = {"train": 32, "val": 40, "test": 10}  # train: --train-per-class
+BATCH, LR, WD, WARMUP = 32, 3e-4, 0.05, 2
 MODELS = {"lite0": "tf_efficientnet_lite0", "resnet18": "resnet18"}
+
+
+class Setup:
+    """The device and what follows from it: fp32 on the CPU, bf16 autocast on a GPU (all three
+    trainers alike), timm's loader workers (the cores on a CPU; 8 on a GPU machine)."""
+
+    def __init__(self, device: str):
+        self.device = device
+        self.gpu = device.startswith("cuda")
+        self.workers = min(8, os.cpu_count() or 1) if self.gpu else min(2, os.cpu_count() or 1)
+
+    @property
+    def n_train(self) -> int:
+        return PER_CLASS["train"] * len(CLASSES)
 
 
 # ---- the image folder --------------------------------------------------------------------
@@ -102,8 +116,11 @@ def initial_weights(model: str, seed: int, out: Path) -> Path:
 
 
 # ---- the three trainers ------------------------------------------------------------------
-def run_timm(model: str, size: int, epochs: int, seed: int, data: Path, init: Path, out: Path):
-    """timm's train.py as a user runs it; images/s from its per-epoch update times."""
+def run_timm(
+    model: str, size: int, epochs: int, seed: int, data: Path, init: Path, out: Path, su: Setup
+):
+    """timm's train.py as a user runs it; images/s from its per-epoch update times (each
+    update synchronised on a GPU, so the times are the kernels', not their launches')."""
     args = [
         sys.executable, str(TIMM_TRAIN), "--data-dir", str(data), "--train-split", "train",
         "--val-split", "val", "--model", MODELS[model], "--num-classes", str(len(CLASSES)),
@@ -111,10 +128,12 @@ def run_timm(model: str, size: int, epochs: int, seed: int, data: Path, init: Pa
         "--no-aug", "--batch-size", str(BATCH), "--epochs", str(epochs), "--opt", "adamw",
         "--lr", str(LR), "--weight-decay", str(WD), "--sched", "cosine", "--sched-on-updates",
         "--warmup-epochs", str(WARMUP), "--warmup-lr", "0", "--min-lr", "0", "--smoothing", "0",
-        "-j", str(WORKERS), "--seed", str(seed), "--device", "cpu", "--output", str(out),
+        "-j", str(su.workers), "--seed", str(seed), "--device", su.device, "--output", str(out),
         "--experiment", f"{model}-{size}-{seed}", "--log-interval", "1000",
         "--checkpoint-hist", "1",
     ]  # fmt: skip
+    if su.gpu:
+        args += ["--amp", "--amp-dtype", "bfloat16", "--pin-mem", "--synchronize-step"]
     t0 = time.perf_counter()
     res = subprocess.run(args, capture_output=True, text=True, env=_env())
     wall = time.perf_counter() - t0
@@ -126,7 +145,7 @@ def run_timm(model: str, size: int, epochs: int, seed: int, data: Path, init: Pa
         float(m.group(2))
         for m in re.finditer(r"Train: (\d+) \[\s*\d+/\d+ \(100%\)\].*?\((\d+\.\d+)s,", log)
     ]
-    updates = PER_CLASS["train"] * len(CLASSES) // BATCH
+    updates = su.n_train // BATCH
     assert len(per_update) == epochs, f"expected {epochs} epoch lines, got {len(per_update)}"
     seconds = sum(t * updates for t in per_update)
     with open(out / f"{model}-{size}-{seed}" / "summary.csv") as f:
@@ -134,17 +153,22 @@ def run_timm(model: str, size: int, epochs: int, seed: int, data: Path, init: Pa
     return updates * BATCH * epochs / seconds, best, wall
 
 
-def run_transfersweep(model: str, size: int, epochs: int, seed: int, data: Path, out: Path):
-    """The entrypoint as a user runs it; images/s and val accuracy from its MLflow run."""
+def run_transfersweep(
+    model: str, size: int, epochs: int, seed: int, data: Path, out: Path, su: Setup,
+    extra: tuple[str, ...] = (),
+):  # fmt: skip
+    """The entrypoint as a user runs it; images/s and val accuracy from its MLflow run (with
+    trainer.compile, the compile time too)."""
     import mlflow
 
-    store = out / "ts"
+    store = out / ("ts" + "-".join(x.split("=")[0].split(".")[-1] for x in extra))
     args = [
         sys.executable, "-m", "transfersweep.train", f"backbone={model}", "data=imagefolder",
         f"data.target.root={data}", f"data.image_size={size}", "data.crop_pct=1.0",
-        f"data.batch_size={BATCH}", f"data.num_workers={WORKERS}", "regime=target_only",
+        f"data.batch_size={BATCH}", f"data.num_workers={su.workers}", "regime=target_only",
         "freeze=full", "freeze.norm_stats=frozen", f"trainer.target_epochs={epochs}",
-        "trainer.repeats=1", "trainer.device=cpu", "trainer.precision=fp32",
+        "trainer.repeats=1", f"trainer.device={su.device}",
+        f"trainer.precision={'bf16' if su.gpu else 'fp32'}", *extra,
         f"optimizer.lr={LR}", f"optimizer.weight_decay={WD}", "optimizer.scheduler=cosine",
         f"optimizer.warmup_epochs={WARMUP}", "optimizer.head_lr_scale=1.0",
         "optimizer.probe_lr_scale=1.0", f"seed={seed}", f"paths.outputs={store}",
@@ -166,13 +190,35 @@ def run_transfersweep(model: str, size: int, epochs: int, seed: int, data: Path,
     rates = [m.value for m in client.get_metric_history(run.info.run_id, rate_key)]
     accs = [m.value for m in client.get_metric_history(run.info.run_id, acc_key)]
     assert len(rates) == epochs, f"expected {epochs} epochs, got {len(rates)}"
-    n = PER_CLASS["train"] * len(CLASSES)
+    n = su.n_train
     seconds = sum(n / r for r in rates)  # each epoch's training time
-    return n * epochs / seconds, max(accs), wall
+    compile_key = rate_key.replace("images_per_s", "compile_s")
+    compiling = keys.get(compile_key, 0.0)
+    return n * epochs / seconds, max(accs), wall, compiling
 
 
-def run_plain(model: str, size: int, epochs: int, seed: int, data: Path, init: Path):
-    """A nanoGPT-style loop over in-memory uint8 images: the same work with nothing else."""
+def run_plain(model: str, size: int, epochs: int, seed: int, data: Path, init: Path, su: Setup):
+    """`plain_loop` in a fresh process, as the other two run (a long-lived process's warm
+    kernel caches and fragmented heap would make a loop here differ from the same loop there)."""
+    import json
+
+    args = [sys.executable, __file__, "--plain-child", json.dumps(
+        [model, size, epochs, seed, str(data), str(init), su.device, PER_CLASS["train"]]
+    )]  # fmt: skip
+    t0 = time.perf_counter()
+    res = subprocess.run(args, capture_output=True, text=True, env=_env())
+    wall = time.perf_counter() - t0  # the process's, imports included, as for the others
+    if res.returncode != 0:
+        raise RuntimeError(f"the plain loop failed:\n{res.stderr[-3000:]}")
+    rate, best, _ = json.loads(res.stdout.strip().splitlines()[-1])
+    return rate, best, wall
+
+
+def plain_loop(model: str, size: int, epochs: int, seed: int, data: Path, init: Path, su: Setup):
+    """A nanoGPT-style loop over in-memory uint8 images (on the GPU there), bf16 autocast on a
+    GPU: the same work with nothing else."""
+    from contextlib import nullcontext
+
     import timm
     import torch
     import torch.nn.functional as F
@@ -191,13 +237,20 @@ def run_plain(model: str, size: int, epochs: int, seed: int, data: Path, init: P
                 ys.append(y)
         return torch.stack(xs), torch.tensor(ys)
 
-    x_train, y_train = load("train")
-    x_val, y_val = load("val")
+    dev = torch.device(su.device)
+    x_train, y_train = (t.to(dev) for t in load("train"))
+    x_val, y_val = (t.to(dev) for t in load("val"))
     torch.manual_seed(seed)
     net = timm.create_model(MODELS[model], num_classes=len(CLASSES))
     net.load_state_dict(torch.load(init, weights_only=True))
-    mean = torch.tensor(net.pretrained_cfg["mean"]).view(1, -1, 1, 1) * 255
-    std = torch.tensor(net.pretrained_cfg["std"]).view(1, -1, 1, 1) * 255
+    net.to(dev)
+    mean = torch.tensor(net.pretrained_cfg["mean"], device=dev).view(1, -1, 1, 1) * 255
+    std = torch.tensor(net.pretrained_cfg["std"], device=dev).view(1, -1, 1, 1) * 255
+    amp = (
+        (lambda: torch.autocast("cuda", dtype=torch.bfloat16))
+        if su.gpu
+        else (lambda: nullcontext())
+    )
     opt = create_optimizer_v2(net, opt="adamw", lr=LR, weight_decay=WD)
     steps_per_epoch = len(y_train) // BATCH
     total, warm = epochs * steps_per_epoch, WARMUP * steps_per_epoch
@@ -214,15 +267,17 @@ def run_plain(model: str, size: int, epochs: int, seed: int, data: Path, init: P
         t0 = time.perf_counter()
         net.train()
         for idx in torch.randperm(len(y_train), generator=gen).split(BATCH):
-            x = (x_train[idx].float() - mean) / std
-            loss = F.cross_entropy(net(x), y_train[idx])
+            idx = idx.to(dev)
+            with amp():
+                loss = F.cross_entropy(net((x_train[idx].float() - mean) / std), y_train[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
+        loss.item()  # the last step has run (a GPU sync)
         seconds += time.perf_counter() - t0
         net.eval()
-        with torch.no_grad():
+        with torch.no_grad(), amp():
             pred = torch.cat([net((xb.float() - mean) / std).argmax(1) for xb in x_val.split(64)])
         best = max(best, (pred == y_val).float().mean().item())
     return len(y_train) * epochs / seconds, best, time.perf_counter() - t_start
@@ -255,11 +310,23 @@ def profile(model: str, size: int, steps: int = 3) -> None:
         opt.step()
 
     step()
-    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+    with torch_profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         for _ in range(steps):
             step()
     print(f"\nprofile: {model} at {size} px, {steps} training steps of batch {BATCH}")
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+    # convolutions by kind: a depthwise one's weight is (C, 1, k, k) (groups = channels)
+    split: dict[str, float] = {}
+    for ev in prof.key_averages(group_by_input_shape=True):
+        if ev.key in ("aten::convolution_backward", "aten::mkldnn_convolution"):
+            at = 2 if ev.key.endswith("backward") else 1  # (grad, input, weight) / (input, weight)
+            w = ev.input_shapes[at] if len(ev.input_shapes) > at else []
+            kind = "depthwise" if len(w) == 4 and w[1] == 1 and w[0] > 1 else "other"
+            name = f"{ev.key.split('::')[1]} {kind}"
+            split[name] = split.get(name, 0.0) + ev.self_cpu_time_total / 1e6
+    total = prof.key_averages().self_cpu_time_total / 1e6
+    for name, sec in sorted(split.items(), key=lambda kv: -kv[1]):
+        print(f"  {name:<36} {sec:7.2f} s  {100 * sec / total:5.1f} % of the steps' CPU time")
 
 
 # ---- main --------------------------------------------------------------------------------
@@ -267,21 +334,46 @@ def _per_size(spec: str) -> dict[int, int]:
     return {int(k): int(v) for k, v in (part.split(":") for part in spec.split(","))}
 
 
-def main() -> None:
+VARIANTS = {  # transfersweep with one switch more (--variants)
+    "channels_last": ("trainer.channels_last=true",),
+    "compile": ("trainer.compile=true",),
+    "resume_off": ("trainer.resume=false",),  # what the per-epoch resume state costs
+}
+
+
+def main(argv: list[str] | None = None) -> None:
     import torch
+
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--plain-child"]:  # run_plain's process
+        import json
+
+        model, size, epochs, seed, data, init, device, per_class = json.loads(argv[1])
+        PER_CLASS["train"] = per_class
+        out = plain_loop(model, size, epochs, seed, Path(data), Path(init), Setup(device))
+        print(json.dumps(out))
+        return
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", default="64,224")
     p.add_argument("--models", default="lite0,resnet18")
     p.add_argument("--epochs", default="64:10,224:2")
     p.add_argument("--repeats", default="64:3,224:1")
+    p.add_argument("--device", default="cpu", help="cpu | cuda (then bf16 autocast for all)")
+    p.add_argument("--train-per-class", type=int, default=PER_CLASS["train"],
+                   help="a multiple of 32 (5 classes: whole batches of 32)")  # fmt: skip
+    p.add_argument("--variants", default="", help=f"transfersweep also with: {','.join(VARIANTS)}")
     p.add_argument("--profile", action="store_true")
-    a = p.parse_args()
+    a = p.parse_args(argv)
+    PER_CLASS["train"] = a.train_per_class
+    su = Setup(a.device)
     sizes = [int(s) for s in a.sizes.split(",")]
     epochs, repeats = _per_size(a.epochs), _per_size(a.repeats)
+    variants = [v for v in a.variants.split(",") if v]
+    where = torch.cuda.get_device_name() if su.gpu else f"{os.cpu_count()} cores"
     print(
-        f"training images/s on {os.cpu_count()} cores, torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), fp32, batch {BATCH}"
+        f"training images/s on {where}, torch {torch.__version__} ({torch.get_num_threads()} "
+        f"threads), {'bf16 autocast' if su.gpu else 'fp32'}, batch {BATCH}"
     )
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "digits"
@@ -290,18 +382,22 @@ def main() -> None:
         for model in a.models.split(","):
             for size in sizes:
                 e, n = epochs.get(size, 2), repeats.get(size, 1)
-                got: dict[str, list[tuple[float, float, float]]] = {}
+                got: dict[str, list[tuple]] = {}
                 for seed in range(n):
                     out = Path(tmp) / f"{model}-{size}-{seed}"
                     out.mkdir()
                     init = initial_weights(model, seed, out)
-                    got.setdefault("timm", []).append(
-                        run_timm(model, size, e, seed, data, init, out)
-                    )
-                    got.setdefault("transfersweep", []).append(
-                        run_transfersweep(model, size, e, seed, data, out)
-                    )
-                    got.setdefault("plain", []).append(run_plain(model, size, e, seed, data, init))
+                    common = (model, size, e, seed, data)
+                    runs = [
+                        ("timm", run_timm, (*common, init, out, su)),
+                        ("transfersweep", run_transfersweep, (*common, out, su)),
+                        ("plain", run_plain, (*common, init, su)),
+                    ] + [
+                        (f"transfersweep {v}", run_transfersweep, (*common, out, su, VARIANTS[v]))
+                        for v in variants
+                    ]
+                    for name, run, args in runs:
+                        got.setdefault(name, []).append(run(*args))
                 _print(model, size, e, n, got)
     if a.profile:
         profile(a.models.split(",")[0], max(sizes))
@@ -315,17 +411,24 @@ def _print(model: str, size: int, epochs: int, n: int, got: dict) -> None:
 
     rate = {k: statistics.median(r[0] for r in v) for k, v in got.items()}
     for name, runs in got.items():
+        compiling = [r[3] for r in runs if len(r) > 3 and r[3]]
         report(
             f"{name}: training images/s (median), best val acc",
             f"{rate[name]:.1f}",
             spread([r[1] for r in runs]),
-            f"wall {statistics.fmean(r[2] for r in runs):.0f} s per run",
+            f"wall {statistics.fmean(r[2] for r in runs):.0f} s per run"
+            + (f", compile {statistics.fmean(compiling):.1f} s" if compiling else ""),
         )
     report(
         "transfersweep / timm train.py (images/s)",
         f"{rate['transfersweep'] / rate['timm']:.2f}x",
         ">= 1.00",
     )
+    for name in rate:
+        if name.startswith("transfersweep "):
+            report(
+                f"{name} / transfersweep (images/s)", f"{rate[name] / rate['transfersweep']:.2f}x"
+            )
     report("transfersweep / plain loop (images/s)", f"{rate['transfersweep'] / rate['plain']:.2f}x")
 
 

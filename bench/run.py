@@ -18,6 +18,7 @@ import bench_pruning  # noqa: E402
 import bench_resume  # noqa: E402
 import bench_reuse  # noqa: E402
 import bench_startup  # noqa: E402
+import bench_timm  # noqa: E402
 import bench_tracking  # noqa: E402
 import bench_verdict  # noqa: E402
 import bench_workers  # noqa: E402
@@ -44,6 +45,7 @@ if __name__ == "__main__":
         ("workers", bench_workers.main),
         ("cores", bench_cores.main),
         ("verdict", bench_verdict.main),
+        ("timm", lambda: bench_timm.main([])),  # about 20 minutes: only when named
     ]:
-        if not only or name in only:
+        if (not only and name != "timm") or name in only:
             fn()

@@ -163,6 +163,11 @@ class TrainerConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 elsewhere) | fp32 | bf16 | fp16
     channels_last: bool = False
+    # torch.compile the model (in place) with this backend; the compile time is logged apart
+    # (<stage>/compile_s) and left out of images/s. Off by default: on short trials the
+    # compile costs more than it saves (bench/README.md)
+    compile: bool = False
+    compile_backend: str = "inductor"
     # torch intra-op threads; null: torch's default, split between the transfersweep runs
     # training on this machine when the run starts (transfersweep.cores)
     threads: int | None = None

@@ -29,7 +29,7 @@ def available() -> int:
         return os.cpu_count() or 1
 
 
-def _folder() -> Path:
+def folder() -> Path:
     base = os.environ.get("TRANSFERSWEEP_RUNS_DIR") or tempfile.gettempdir()
     return Path(base) / f"transfersweep-runs-{os.getuid() if hasattr(os, 'getuid') else 0}"
 
@@ -47,8 +47,8 @@ def alive(pid: int) -> bool:
 
 def running() -> int:
     """Registered processes that are alive (a dead one's entry is removed)."""
-    folder, n = _folder(), 0
-    for entry in folder.glob("*") if folder.is_dir() else ():
+    where, n = folder(), 0
+    for entry in where.glob("*") if where.is_dir() else ():
         try:
             pid = int(entry.name)
         except ValueError:
@@ -64,9 +64,9 @@ def running() -> int:
 def registered() -> Iterator[None]:
     """This process counted as a training process while the block runs (re-entrant: a nested
     registration of the same process counts once)."""
-    folder = _folder()
-    folder.mkdir(parents=True, exist_ok=True)
-    entry = folder / str(os.getpid())
+    where = folder()
+    where.mkdir(parents=True, exist_ok=True)
+    entry = where / str(os.getpid())
     mine = not entry.exists()
     entry.touch()
     try:

@@ -28,12 +28,14 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Runtime:
-    """Where and how tensors run: device, autocast dtype, memory format, CPU threads."""
+    """Where and how tensors run: device, autocast dtype, memory format, CPU threads, and
+    torch.compile's backend (None: eager)."""
 
     device: torch.device
     amp_dtype: torch.dtype | None
     channels_last: bool
     threads: int | None = None  # torch intra-op threads; None = torch's default
+    compile_backend: str | None = None
 
     @classmethod
     def from_cfg(cls, t: DictConfig, parallel_jobs: int = 1) -> Runtime:
@@ -55,6 +57,10 @@ class Runtime:
             raise ConfigError(
                 f"trainer.device={t.device!r} but CUDA is not available: use trainer.device=auto or cpu"
             )
+        if device.type == "cuda" and torch.cuda.device_count() > 1:  # one trial per GPU
+            from transfersweep import devices
+
+            device = torch.device("cuda", devices.pick(torch.cuda.device_count(), device.index))
         precision = t.precision
         if precision == "auto":
             precision = (
@@ -66,7 +72,27 @@ class Runtime:
             from transfersweep import cores
 
             threads = cores.share(parallel_jobs)
-        return cls(device, amp, bool(t.channels_last), threads)
+        backend = str(t.compile_backend) if t.compile else None
+        return cls(device, amp, bool(t.channels_last), threads, backend)
+
+    def apply(self) -> None:
+        """Set torch's process-wide switches for this runtime: CPU threads; on CUDA, cuDNN's
+        autotuner (fixed input sizes: each layer's fastest kernel is found once) and TF32
+        matmuls and convolutions where fp32 remains (as timm's train.py does)."""
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+            torch.backends.cudnn.benchmark = True
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+
+    def compiled(self, model: torch.nn.Module) -> torch.nn.Module:
+        """`model` compiled in place (nn.Module.compile: parameter names and state_dict keys
+        unchanged, so checkpoints and the strategies see the plain model), when asked for."""
+        if self.compile_backend:
+            model.compile(backend=self.compile_backend)
+        return model
 
     def autocast(self):
         if self.amp_dtype is None:
@@ -89,8 +115,9 @@ class EpochStats:
     val_acc: float
     val_score: float  # the objective's metric on val (scores.metric): what picks the best epoch
     lr: float
-    images_per_s: float
+    images_per_s: float  # training steps only; a compiling first step left out
     seconds: float
+    compile_seconds: float = 0.0  # trainer.compile: the stage's first step, which compiles
 
 
 @dataclass
@@ -184,6 +211,11 @@ def make_optimizer(
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
+def _is_compiled(model: torch.nn.Module) -> bool:
+    """Whether nn.Module.compile was called on `model` (Runtime.compiled)."""
+    return getattr(model, "_compiled_call_impl", None) is not None
+
+
 def _diverged(epoch: int, lr: float, stage_lr: float, o: DictConfig, runtime: Runtime):
     """The error for a non-finite loss, naming the key that set the stage's rate."""
     source = stage_lr == o.source_lr and stage_lr != o.lr  # a source stage's own rate
@@ -238,15 +270,18 @@ def fit(
         frozen += freezing.batch_norms(model)
     result = FitResult()
     done = progress.restore(model, opt, sched, scaler, train.gen, result)  # 0: a fresh start
+    compiling = _is_compiled(model)  # its first step compiles: timed apart
     for epoch in range(max(first_epoch, done + 1), first_epoch + epochs):
         t0 = time.perf_counter()
         freezing.train_mode(model, frozen, adapt)
         loss_sum = torch.zeros((), device=runtime.device)
         correct = torch.zeros((), device=runtime.device, dtype=torch.long)
-        seen = 0
+        seen, compile_s, compile_n = 0, 0.0, 0
         group = opt.param_groups[0]
         lr = group["lr"] / group.get("lr_scale", 1.0)  # the stage's rate at this step
         for x, y in train:
+            if compiling:
+                t_step = time.perf_counter()
             x, y = runtime.to_device(x), y.to(runtime.device, non_blocking=True)
             with runtime.autocast():
                 inputs = prep(x)
@@ -260,10 +295,17 @@ def fit(
             loss_sum += batch_loss.detach() * len(y)
             correct += (logits.detach().argmax(1) == y).sum()
             seen += len(y)
+            if compiling:
+                batch_loss.item()  # the step has run (a CUDA sync)
+                compile_s, compile_n, compiling = time.perf_counter() - t_step, len(y), False
         train_loss = loss_sum.item() / max(seen, 1)
         if not math.isfinite(train_loss):
             raise _diverged(epoch, lr, stage_lr, cfg.optimizer, runtime)
         train_seconds = time.perf_counter() - t0
+        if seen > compile_n:  # the other steps' rate (an epoch of one step: counted whole)
+            train_seconds, seen_rated = train_seconds - compile_s, seen - compile_n
+        else:
+            seen_rated = seen
         val_loss, val_scores = evaluate(model, val, prep, runtime, eval_classes)
         stats = EpochStats(
             epoch=epoch,
@@ -273,8 +315,9 @@ def fit(
             val_acc=val_scores["acc"],
             val_score=val_scores[select],
             lr=lr,
-            images_per_s=seen / max(train_seconds, 1e-9),
+            images_per_s=seen_rated / max(train_seconds, 1e-9),
             seconds=time.perf_counter() - t0,
+            compile_seconds=compile_s,
         )
         result.history.append(stats)
         if stats.val_score > result.best_val:

@@ -163,7 +163,11 @@ def for_phase(
 
 def _unshuffled(train: Batches, cfg: DictConfig) -> Batches:
     return Batches(
-        train.images, cfg.trainer.eval_batch_size, shuffle=False, pin_memory=train.pin_memory
+        train.images,
+        cfg.trainer.eval_batch_size,
+        shuffle=False,
+        pin_memory=train.pin_memory,
+        device=train.device,
     )
 
 

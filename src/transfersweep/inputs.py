@@ -45,8 +45,7 @@ def load(cfg: DictConfig, parallel_jobs: int = 1) -> Inputs:
     from transfersweep import engine, freezing
 
     runtime = engine.Runtime.from_cfg(cfg.trainer, parallel_jobs)
-    if runtime.threads:
-        torch.set_num_threads(runtime.threads)
+    runtime.apply()
     backbone.check_name(cfg.backbone.name)
     model_input = data_mod.ModelInput.resolve(cfg)  # before the model: a ViT's img_size reads it
     data = data_mod.build(cfg, regime.needs_source(cfg), model_input)
@@ -63,6 +62,7 @@ def load(cfg: DictConfig, parallel_jobs: int = 1) -> Inputs:
     model.to(runtime.device)
     if runtime.channels_last:
         model.to(memory_format=torch.channels_last)
+    runtime.compiled(model)  # trainer.compile: the first step of each stage pays for it
     preprocess = data_mod.Preprocess.of(model_input).to(runtime.device)
     log.info(
         "backbone %s | data %s at %d px (%s, crop %.3g): target %s%s | device %s%s%s",

@@ -255,9 +255,11 @@ class Resume:
         return self.elapsed_before + time.perf_counter() - self._t0
 
     def attach(self, mlrun: Any, stages: list[Any], pruning: Any) -> None:
-        """The run's MLflow run (flushed before each commit) and pruner; a resumed run says
-        where it resumed (log, tags) and gives the pruner the reports it had made."""
+        """The run's MLflow run (its metrics written by each commit, before the state) and
+        pruner; a resumed run says where it resumed (log, tags) and gives the pruner the
+        reports it had made."""
         self.mlrun, self.run_id = mlrun, mlrun.run_id
+        mlrun.settle_hooks.append(self.wait)  # the run ends after the write in flight
         self._t0 = time.perf_counter()  # elapsed_s counts training, like the run's seconds
         p = self.point
         if p is None:
@@ -326,13 +328,13 @@ class Resume:
     # ----- commit, end ------------------------------------------------------------------------
 
     def commit(self, point: Point, tensors: dict[str, torch.Tensor], doc: dict[str, Any]):
-        """Save one epoch's state. Training goes on while a background thread writes a copy:
-        tensors first, then state.json names them (atomic). One write at a time: the next
+        """Save one epoch's state. Training goes on while a background thread writes the
+        metrics logged up to here (so the store has every epoch the state counts), then a copy
+        of the tensors, then state.json naming them (atomic). One write at a time: the next
         commit waits for this one."""
         if self._failed:
             return
-        if self.mlrun is not None:
-            self.mlrun.flush()  # what the run logged up to here is in the store before the commit
+        metrics = self.mlrun.take() if self.mlrun is not None else []
         copy = {k: v.detach().to("cpu", copy=True) for k, v in tensors.items()}
         full = doc | {
             "version": VERSION, "key": self.key, "point": dataclasses.asdict(point),
@@ -344,9 +346,13 @@ class Resume:
         extra = dict(self._extra.values())
         self.wait()
         if not self._failed:
-            self._pending = self._writer.submit(self._write_commit, copy, text, extra)
+            self._pending = self._writer.submit(self._write_commit, copy, text, extra, metrics)
 
-    def _write_commit(self, tensors: dict[str, torch.Tensor], text: str, extra: dict[str, int]):
+    def _write_commit(
+        self, tensors: dict[str, torch.Tensor], text: str, extra: dict[str, int], metrics: list
+    ) -> None:
+        if metrics:  # off the training thread; before the state that counts their epochs
+            self.mlrun.write(metrics)
         name, size = _save_tensors(self.dir, "state", tensors)
         files = {name: size} | extra
         doc = json.loads(text) | {"files": files}

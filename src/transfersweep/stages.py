@@ -132,11 +132,13 @@ def _phases(
         values = {f"{prefix}/{m}": getattr(st, m) for m in metrics}
         values[f"{prefix}/params_trainable"] = trainable  # per epoch: gradual unfreezing moves it
         values[f"{prefix}/{selected}"] = st.val_score  # what picks the best epoch
+        if st.compile_seconds:
+            values[f"{prefix}/compile_s"] = st.compile_seconds
+            log.info("[%s] torch.compile: %.1fs (its first step)", prefix, st.compile_seconds)
         mlrun.log_metrics(values, step=st.epoch)
         if report is not None:
             report(st.val_score, st.epoch)  # the objective's metric; may raise TrialPruned
 
-    pin = runtime.device.type == "cuda"
     best: StageResult | None = None
     epoch, trainable = 1, 0
     resume_phase = progress.resumed_phase()
@@ -159,8 +161,8 @@ def _phases(
         if len(phases) > 1:
             counts[f"{prefix}/params_trainable_{phase.name}"] = plan.trainable
         mlrun.log_metrics(counts)
-        train = data.train_batches(stage.data, cfg, seed=seed + i, pin_memory=pin)
-        val = data.eval_batches(stage.data, "val", cfg, pin_memory=pin)
+        train = data.train_batches(stage.data, cfg, seed=seed + i, device=runtime.device)
+        val = data.eval_batches(stage.data, "val", cfg, device=runtime.device)
         fit_model, fit_prep, train, val = features.for_phase(
             inputs, cfg, stage, phase, prefix, train, val, mlrun
         )
@@ -385,7 +387,7 @@ def score(inputs: Inputs, cfg: DictConfig, final: Stage) -> dict[str, float]:
     for split in scores.SPLITS:
         if split in ("ood", "ood_val") and getattr(target, split) is None:
             continue
-        batches = inputs.data.eval_batches(final.data, split, cfg)
+        batches = inputs.data.eval_batches(final.data, split, cfg, device=inputs.runtime.device)
         _, by_metric = engine.evaluate(
             inputs.model, batches, inputs.preprocess, inputs.runtime, len(target.classes)
         )

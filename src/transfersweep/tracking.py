@@ -18,7 +18,7 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
@@ -130,6 +130,8 @@ class Run:
         self._buffer: list[Any] = []  # per-epoch metrics waiting for the next flush
         self._flushed = time.monotonic()
         self.known_params: dict[str, str] = {}  # a continued run's (MLflow's params are final)
+        # called before the run ends: writers on other threads finish what they took (resume)
+        self.settle_hooks: list[Callable[[], None]] = []
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         """The params; a continued run keeps those it has (a re-queued trial's number and id
@@ -153,11 +155,29 @@ class Run:
 
     def flush(self) -> None:
         """Write the buffered metrics (at the latest when the run ends)."""
-        buffered, self._buffer = self._buffer, []
         with uninterrupted():
-            for i in range(0, len(buffered), 1000):  # MLflow takes at most 1000 a batch
-                self.client.log_batch(self.run_id, metrics=buffered[i : i + 1000])
+            self.write(self.take())
+
+    def take(self) -> list[Any]:
+        """The buffered metrics, now out of the buffer: for `write` on another thread (the
+        resume writer stores them before the state that counts their epochs)."""
+        buffered, self._buffer = self._buffer, []
         self._flushed = time.monotonic()
+        return buffered
+
+    def write(self, metrics: list[Any]) -> None:
+        try:
+            for i in range(0, len(metrics), 1000):  # MLflow takes at most 1000 a batch
+                self.client.log_batch(self.run_id, metrics=metrics[i : i + 1000])
+        except Exception:
+            self._buffer[:0] = metrics  # not lost: the next flush tries them again
+            raise
+
+    def settle(self) -> None:
+        """Everything logged is in the store: other threads' writes, then the buffer."""
+        for hook in self.settle_hooks:
+            hook()
+        self.flush()
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         from mlflow.entities import RunTag
@@ -192,6 +212,10 @@ class NoRun(Run):
     def log_params(self, params: Mapping[str, Any]) -> None: ...
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None: ...
     def flush(self) -> None: ...
+    def take(self) -> list[Any]:
+        return []
+
+    def write(self, metrics: list[Any]) -> None: ...
     def set_tags(self, tags: Mapping[str, Any]) -> None: ...
     def log_dir(self, local_dir: Path, artifact_path: str) -> None: ...
     def log_json(self, obj: Any, artifact_file: str) -> None: ...
@@ -309,12 +333,12 @@ def start(
             status = "KILLED" if isinstance(e, (KeyboardInterrupt, SystemExit)) else "FAILED"
             tags = {"error": f"{type(e).__name__}: {e}", "error_type": type(e).__name__}
         try:
-            run.flush()
+            run.settle()
             run.set_tags(tags)
         finally:
             client.set_terminated(run.run_id, status=status)
         raise
-    run.flush()
+    run.settle()
     client.set_terminated(run.run_id, status="FINISHED")
 
 

@@ -54,15 +54,18 @@ class TransferData:
         return (self.target, d.target) if data == StageData.target else (self._source(), d.source)
 
     def train_batches(
-        self, data: StageData, cfg: DictConfig, seed: int, pin_memory: bool = False
+        self, data: StageData, cfg: DictConfig, seed: int, device: torch.device | None = None
     ) -> Batches:
+        """Training batches; on a GPU `device`, in-memory images are gathered on it and any
+        others are pinned for asynchronous copies."""
         d = cfg.data
         common = dict(
             batch_size=d.batch_size,
             seed=seed,
             num_workers=d.num_workers,
-            pin_memory=pin_memory,
+            pin_memory=_is_gpu(device),
             augment=self.augment,
+            device=device,
         )
         if data == StageData.joint:
             src = self._source()
@@ -78,7 +81,7 @@ class TransferData:
         return Batches(splits.train, shuffle=True, balanced=side.balance == "sampler", **common)
 
     def eval_batches(
-        self, data: StageData, split: str, cfg: DictConfig, pin_memory: bool = False
+        self, data: StageData, split: str, cfg: DictConfig, device: torch.device | None = None
     ) -> Batches:
         """Evaluation batches of `split` (val, test, or the target's ood); joint stages evaluate
         on the target (the objective)."""
@@ -88,8 +91,13 @@ class TransferData:
             batch_size=cfg.trainer.eval_batch_size,
             shuffle=False,
             num_workers=cfg.data.num_workers,
-            pin_memory=pin_memory,
+            pin_memory=_is_gpu(device),
+            device=device,
         )
+
+
+def _is_gpu(device: torch.device | None) -> bool:
+    return device is not None and device.type == "cuda"
 
 
 def build(cfg: DictConfig, need_source: bool, mi: ModelInput | None = None) -> TransferData:

@@ -4,19 +4,21 @@
 which for small in-memory sets is far cheaper than a per-sample DataLoader;
 on-disk sets go through a DataLoader with workers and the same index batches.
 `Preprocess` turns uint8 batches into normalised floats on the device, so the host only
-moves bytes. Training batches may pass through timm's train transform first
+moves bytes; on a GPU, an in-memory set that fits is copied to the device once (`resident`)
+and its batches are gathered there, so no byte crosses per batch. Training batches may pass through timm's train transform first
 (`data.augment`, `augment.TrainAugment`), on the host, seeded from the batches' generator.
 """
 
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import torch
 
-from transfersweep.data.images import FileImages, ImageSet
+from transfersweep.data.images import FileImages, ImageSet, TensorImages
 from transfersweep.data.model_input import ModelInput
 
 if TYPE_CHECKING:
@@ -34,6 +36,8 @@ class Batches:
     seed drawn from the same generator, so the data order and the augmentation resume alike.
     `balanced` (data.*.balance=sampler) draws each epoch's len(images) items with replacement,
     each with probability 1 / (classes x its class's count): every class equally likely.
+    `device` (a GPU): in-memory images without host augmentation are gathered on it
+    (`resident`); the order is still drawn on the host, from the same generator.
     """
 
     def __init__(
@@ -48,8 +52,11 @@ class Batches:
         pin_memory: bool = False,
         augment: TrainAugment | None = None,
         balanced: bool = False,
+        device: torch.device | None = None,
     ):
         self.images, self.batch_size, self.shuffle = images, batch_size, shuffle
+        self.device = device
+        self.on_device = resident(images, device) if augment is None else None
         self.balanced = balanced
         self.augment = augment
         self.gen = torch.Generator().manual_seed(seed)
@@ -101,6 +108,12 @@ class Batches:
     def _gather(
         self, batches: list[torch.Tensor], pin: bool
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if self.on_device is not None:
+            images, labels = self.on_device
+            for b in batches:
+                b = b.to(images.device, non_blocking=True)
+                yield images[b], labels[b]
+            return
         if isinstance(self.images, FileImages):
             loader = torch.utils.data.DataLoader(
                 self.images,
@@ -117,6 +130,30 @@ class Batches:
             if pin:
                 x, y = x.pin_memory(), y.pin_memory()
             yield x, y
+
+
+# Device copies of in-memory images, by the host tensor (weak: they go with their set)
+_COPIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+RESIDENT_SHARE = 0.25  # of the GPU's free memory, at most, for one set's bytes
+
+
+def resident(
+    images: ImageSet, device: torch.device | None
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(images, labels) on `device` when it is a GPU and `images` is an in-memory set whose
+    bytes fit in RESIDENT_SHARE of its free memory: copied once per set (reused by every
+    phase and epoch that batches it), None otherwise (batches then cross per step, pinned)."""
+    if device is None or device.type != "cuda" or not isinstance(images, TensorImages):
+        return None
+    host = images.images
+    if host.device == device:
+        return host, images.labels.to(device)
+    if host not in _COPIES:
+        free, _ = torch.cuda.mem_get_info(device)
+        if host.numel() * host.element_size() > RESIDENT_SHARE * free:
+            return None
+        _COPIES[host] = (host.to(device), images.labels.to(device))
+    return _COPIES[host]
 
 
 def _balanced(labels: torch.Tensor, num_classes: int) -> torch.Tensor:

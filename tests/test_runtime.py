@@ -1,0 +1,111 @@
+"""The runtime's speed switches where a CPU can run them: torch.compile (its first step timed
+apart, the same training), bf16 autocast with channels_last, the GPU pick of one trial per GPU
+(real processes in the run registry), and on a GPU only: batches gathered on the device."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import timm
+import torch
+
+from conftest import FAST, compose
+from transfersweep import cores, devices, engine
+from transfersweep import data as data_mod
+from transfersweep.config import StageData
+
+
+def _fit(extra: list[str], compiled: bool = False, epochs: int = 2):
+    cfg = compose(FAST + ["backbone=tiny", "optimizer.lr=0.01", "data.batch_size=8", *extra])
+    data = data_mod.build(cfg, need_source=False)
+    torch.manual_seed(0)
+    model = timm.create_model(cfg.backbone.name, num_classes=5, **cfg.backbone.kwargs)
+    rt = engine.Runtime.from_cfg(cfg.trainer)
+    if rt.channels_last:
+        model.to(memory_format=torch.channels_last)
+    rt.compiled(model)
+    assert engine._is_compiled(model) == compiled
+    prep = data_mod.Preprocess(model.pretrained_cfg["mean"], model.pretrained_cfg["std"])
+    return engine.fit(
+        model,
+        data.train_batches(StageData.target, cfg, seed=0, device=rt.device),
+        data.eval_batches(StageData.target, "val", cfg, device=rt.device),
+        prep,
+        rt,
+        cfg,
+        epochs=epochs,
+    )
+
+
+def test_compile_times_its_first_step_apart_and_trains_the_same():
+    # the eager backend: TorchDynamo traces the model (what compile changes in the loop)
+    # without a C++ toolchain, and computes exactly what the plain model computes
+    plain = _fit(["trainer.device=cpu", "trainer.precision=fp32"])
+    comp = _fit(
+        ["trainer.device=cpu", "trainer.precision=fp32", "trainer.compile=true",
+         "trainer.compile_backend=eager"],
+        compiled=True,
+    )  # fmt: skip
+    assert [h.train_loss for h in comp.history] == pytest.approx(
+        [h.train_loss for h in plain.history], rel=1e-5
+    )
+    assert [h.val_acc for h in comp.history] == [h.val_acc for h in plain.history]
+    first, later = comp.history[0], comp.history[1]
+    assert first.compile_seconds > 0 and later.compile_seconds == 0
+    assert all(h.compile_seconds == 0 for h in plain.history)
+    assert first.images_per_s > 0
+    assert set(comp.best_state) == set(plain.best_state)  # no "_orig_mod." in the keys
+
+
+def test_bf16_autocast_and_channels_last_train_on_the_cpu():
+    out = _fit(
+        ["trainer.device=cpu", "trainer.precision=bf16", "trainer.channels_last=true"],
+        epochs=3,
+    )
+    losses = [h.train_loss for h in out.history]
+    assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
+    assert out.best_val > 0.2  # above chance on 5 classes
+
+
+def test_a_run_takes_the_gpu_the_fewest_other_runs_use(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRANSFERSWEEP_RUNS_DIR", str(tmp_path))
+    assert devices.least_used(2, []) == 0
+    assert devices.least_used(3, [0, 0, 1]) == 2
+    assert devices.least_used(2, [0, 1, 1]) == 0
+    folder = cores.folder()
+    folder.mkdir(parents=True)
+    others = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) for _ in "ab"]
+    try:
+        (folder / str(others[0].pid)).write_text("0")  # a live run on GPU 0
+        (folder / str(others[1].pid)).write_text("")  # a live run on the CPU
+        (folder / "999999999").write_text("1")  # a dead one: not counted
+        with cores.registered():
+            assert devices.pick(2) == 1
+            assert (folder / str(os.getpid())).read_text() == "1"  # others now count it
+            assert devices.pick(2, pinned=0) == 0  # trainer.device=cuda:0
+        assert devices.pick(2) == 1  # unregistered: picks, records nothing
+        assert not (folder / str(os.getpid())).exists()
+    finally:
+        for p in others:
+            p.kill()
+            p.wait()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (bench/gpu.sh runs it)")
+def test_on_a_gpu_in_memory_batches_are_gathered_there_in_the_same_order():
+    cfg = compose(FAST + ["backbone=tiny"])
+    data = data_mod.build(cfg, need_source=False)
+    gpu = torch.device("cuda")
+    host = data.train_batches(StageData.target, cfg, seed=3)
+    there = data.train_batches(StageData.target, cfg, seed=3, device=gpu)
+    assert there.on_device is not None
+    for (hx, hy), (gx, gy) in zip(host, there, strict=True):
+        assert gx.device.type == "cuda" and gx.dtype == torch.uint8
+        assert torch.equal(hx, gx.cpu()) and torch.equal(hy, gy.cpu())
+    again = data.eval_batches(StageData.target, "val", cfg, device=gpu)
+    assert again.on_device[0].data_ptr() == data.eval_batches(
+        StageData.target, "val", cfg, device=gpu
+    ).on_device[0].data_ptr()  # copied once per set
