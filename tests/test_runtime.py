@@ -106,6 +106,7 @@ def test_on_a_gpu_in_memory_batches_are_gathered_there_in_the_same_order():
         assert gx.device.type == "cuda" and gx.dtype == torch.uint8
         assert torch.equal(hx, gx.cpu()) and torch.equal(hy, gy.cpu())
     again = data.eval_batches(StageData.target, "val", cfg, device=gpu)
-    assert again.on_device[0].data_ptr() == data.eval_batches(
-        StageData.target, "val", cfg, device=gpu
-    ).on_device[0].data_ptr()  # copied once per set
+    assert (
+        again.on_device[0].data_ptr()
+        == data.eval_batches(StageData.target, "val", cfg, device=gpu).on_device[0].data_ptr()
+    )  # copied once per set
