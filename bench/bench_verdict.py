@@ -11,7 +11,9 @@ on 3 fresh repeats, the verdict. Run twice:
 Prints both wall times, their ratio, both verdicts (they should name the same winner), and the
 floor: the training seconds the real sweep's runs could not skip (each run's source and target
 stages as they ran, caches and reuse included), against which the rest is set-up, tracking and
-bookkeeping. `make bench ARGS=verdict` (about 5 minutes on 2 cores).
+bookkeeping. `make bench ARGS=verdict` (about 5 minutes on 2 cores); `python
+bench/bench_verdict.py --real`: the same on the real task (mnist, lite0, target_only x
+last_layer / lp_ft / full, 20 epochs; about 20 minutes).
 """
 
 from __future__ import annotations
@@ -29,6 +31,14 @@ ARGS = [
     "hydra.sweeper.study_name=verdict", "hydra.sweeper.confirm.top_k=2",
     "hydra.sweeper.confirm.repeats=3", "hydra.sweeper.register_champion=false",
 ]  # fmt: skip
+# --real: the real task instead (ImageNet EfficientNet-Lite0 on real MNIST 5-9, 5 shots, 64 px):
+# target_only x the three strategies that matter there, 20 epochs (docs/real-task.md)
+REAL_TASK = [
+    "-m", "sweep=grid", "data=mnist", "backbone=lite0", "regime=target_only",
+    "search.strategies=[last_layer,lp_ft,full]", "trainer.repeats=3", "trainer.target_epochs=20",
+    "hydra.sweeper.study_name=verdict", "hydra.sweeper.confirm.top_k=2",
+    "hydra.sweeper.confirm.repeats=3", "hydra.sweeper.register_champion=false",
+]  # fmt: skip
 REAL = ["pruner.name=median", "pruner.n_startup_trials=2", "pruner.n_warmup_steps=3"]
 NAIVE = ["trainer.feature_cache=false", "trainer.reuse_pretrain=false", "pruner.name=none"]
 
@@ -43,11 +53,13 @@ def _read(tmp: str) -> tuple[str, float]:
     return parent.data.tags.get("best_paradigm", "-"), trained
 
 
-def main() -> float:
+def main(real_task: bool = False) -> float:
+    args = REAL_TASK if real_task else ARGS
+    print(f"time to a verdict on {'the real task (mnist, lite0)' if real_task else 'digits'}")
     out = {}
     for name, extra in (("transfersweep", REAL), ("naive", NAIVE)):
         with tempfile.TemporaryDirectory() as tmp:
-            seconds, res = cli([*ARGS, *extra, f"paths.outputs={tmp}"], Path(tmp))
+            seconds, res = cli([*args, *extra, f"paths.outputs={tmp}"], Path(tmp))
             assert res.returncode == 0, res.stderr[-3000:]
             out[name] = (seconds, *_read(tmp))
     (real, winner, floor), (naive, naive_winner, _) = out["transfersweep"], out["naive"]
@@ -61,4 +73,6 @@ def main() -> float:
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    main(real_task="--real" in sys.argv[1:])

@@ -17,6 +17,7 @@ CONF = ROOT / "conf"
 # Tiny and quick: timm's test ResNet at 16 px, one epoch per stage.
 FAST = [
     "backbone=tiny",
+    "trainer.resume_every_s=0",  # every epoch saved: the resume tests interrupt at an epoch
     "data.image_size=16",
     "trainer.source_epochs=1",
     "trainer.target_epochs=2",

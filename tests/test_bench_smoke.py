@@ -41,3 +41,13 @@ def test_resume_benchmark_runs(capsys):
     assert r["peak_mb"] > 0  # a state was really written every epoch
     assert r["val_acc_on"] == r["val_acc_off"]  # and saving it changed nothing
     assert "resume on / off" in capsys.readouterr().out
+
+
+def test_timm_side_by_side_benchmark_runs(capsys):
+    # timm's own train.py, transfersweep and the plain loop on the same folder, weights, steps
+    import bench_timm
+
+    bench_timm.main(["--sizes", "16", "--models", "tiny", "--epochs", "16:2", "--repeats", "16:1"])
+    out = capsys.readouterr().out
+    for name in ("timm:", "transfersweep:", "plain:", "transfersweep / timm train.py"):
+        assert name in out, out

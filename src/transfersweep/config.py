@@ -187,9 +187,13 @@ class TrainerConfig:
     reuse_pretrain: bool = (
         True  # identical source stages run once (cache under <paths.outputs>/cache)
     )
-    # Save every epoch under <paths.outputs>/resume; the same command re-run after an
-    # interruption continues from the last complete epoch (transfersweep.resume)
+    # Save the run's state under <paths.outputs>/resume; the same command re-run after an
+    # interruption continues from the last saved epoch (transfersweep.resume)
     resume: bool = True
+    # ... after an epoch, when this many seconds of training passed since the last save (and
+    # after the first epoch, and the first epoch after a repeat ends); 0: every epoch. Short
+    # epochs (small targets, GPUs) then do not pay a state write each: measured in bench/
+    resume_every_s: float = 30.0
 
 
 @dataclass

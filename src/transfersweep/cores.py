@@ -9,6 +9,9 @@ run, half. The count is taken when a run starts, not during it: a run's thread c
 fixed, so its numbers stay reproducible for that count (CPU reductions can round differently
 with another split), and a run that started alone keeps its threads until its next trial.
 joblib's workers additionally get OMP/MKL/OpenBLAS limits from joblib itself (cores // n_jobs).
+The BLAS libraries outside torch (numpy's and scipy's OpenBLAS or MKL, read once when they
+load) get the same share from `limit_native`, which the entrypoint calls before its first
+import of them; a run's DataLoader workers (files read from disk) are at most its threads.
 `TRANSFERSWEEP_RUNS_DIR` moves the folder (default: the temp dir).
 """
 
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -92,3 +96,31 @@ def share(parallel_jobs: int = 1) -> int:
     if parallel_jobs > 1:  # joblib's workers: its limit already is cores // n_jobs
         return max(1, min(_default, available() // max(n, parallel_jobs)))
     return max(1, min(_default, available()) // n)
+
+
+# BLAS thread pools other than torch's: read once, when their library loads. OMP_NUM_THREADS
+# is left alone: torch reads it as its default, which `share` divides already.
+NATIVE = (
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+)
+
+
+def limit_native() -> dict[str, str]:
+    """Before numpy, scipy or torch load: each BLAS pool gets this run's share of the cores
+    (the registered runs plus this one), unless the variable is set already (by you, or by
+    joblib in its workers). Returns what it set; nothing once those libraries are loaded."""
+    if any(m in sys.modules for m in ("numpy", "torch", "scipy")):
+        return {}
+    n = str(max(1, available() // (running() + 1)))
+    out = {k: n for k in NATIVE if k not in os.environ}
+    os.environ.update(out)
+    return out
+
+
+def loader_workers(wanted: int, threads: int | None) -> int:
+    """DataLoader workers for a run with `threads` torch threads: at most that many (a run
+    beside others does not start more processes than its share of the cores)."""
+    return wanted if threads is None else min(wanted, max(1, threads))

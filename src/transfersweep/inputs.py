@@ -46,6 +46,9 @@ def load(cfg: DictConfig, parallel_jobs: int = 1) -> Inputs:
 
     runtime = engine.Runtime.from_cfg(cfg.trainer, parallel_jobs)
     runtime.apply()
+    from transfersweep import cores
+
+    cfg.data.num_workers = cores.loader_workers(cfg.data.num_workers, runtime.threads)
     backbone.check_name(cfg.backbone.name)
     model_input = data_mod.ModelInput.resolve(cfg)  # before the model: a ViT's img_size reads it
     data = data_mod.build(cfg, regime.needs_source(cfg), model_input)

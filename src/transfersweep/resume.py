@@ -67,6 +67,7 @@ def key(cfg: DictConfig, study: str | None) -> str:
     c = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     c.pop("trial", None)  # a re-queued trial has a new number and id, the same parameters
     c["trainer"].pop("resume", None)
+    c["trainer"].pop("resume_every_s", None)  # how often, not what
     c["tracking"].pop("parent_run_id", None)
     doc = {"v": VERSION, "config": c, "study": study}
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:20]
@@ -88,7 +89,9 @@ def open_run(cfg: DictConfig, study: str | None, trial: int | None) -> Resume | 
             root / k,
         )
         return None
-    return Resume(root / k, k, lock, trial, _load(root / k, k), cfg.trainer.objective)
+    state = Resume(root / k, k, lock, trial, _load(root / k, k), cfg.trainer.objective)
+    state.every_s = float(cfg.trainer.resume_every_s)
+    return state
 
 
 def _lock(path: Path) -> Any:
@@ -244,6 +247,9 @@ class Resume:
         self._pending: Future | None = None
         self._failed = False
         self._committed = set(doc.get("files", {}))  # files the last commit names
+        self.every_s = 0.0  # trainer.resume_every_s: an epoch's commit waits this long
+        self._last_commit: float | None = None  # monotonic time of the last commit
+        self._news = False  # a milestone (start weights, a scored repeat) not committed yet
         if folder.is_dir():  # torn writes of a killed run, and files no commit names
             for f in folder.iterdir():
                 if f.name not in self._committed and f.name != "state.json":
@@ -293,6 +299,7 @@ class Resume:
         """The model after the source stages (every repeat starts from it)."""
         if "start" not in self._extra:
             self._extra["start"] = _save_tensors(self.dir, "start", _prefixed("start", state))
+            self._news = True
 
     def start(self) -> dict[str, torch.Tensor]:
         assert self.saved is not None and "start" in self._extra
@@ -311,6 +318,7 @@ class Resume:
                 "best_val": r.last.best_val, "best_epoch": r.last.best_epoch,
             }
         )  # fmt: skip
+        self._news = True  # committed with the next epoch, whatever the interval
 
     def done_repeats(self) -> list[Any]:
         """The repeats the found state had scored, as stages.RepeatResult."""
@@ -334,6 +342,11 @@ class Resume:
         commit waits for this one."""
         if self._failed:
             return
+        now = time.monotonic()
+        due = self._last_commit is None or now - self._last_commit >= self.every_s
+        if not (due or self._news):
+            return  # trainer.resume_every_s: a later epoch saves
+        self._last_commit, self._news = now, False
         metrics = self.mlrun.take() if self.mlrun is not None else []
         copy = {k: v.detach().to("cpu", copy=True) for k, v in tensors.items()}
         full = doc | {
@@ -361,8 +374,9 @@ class Resume:
             (self.dir / old).unlink(missing_ok=True)
         if not self._committed:
             log.info(
-                "resume state: %.1f MB in %s, rewritten every epoch",
+                "resume state: %.1f MB in %s, rewritten %s",
                 sum(files.values()) / 2**20, self.dir,
+                f"after an epoch every {self.every_s:g} s" if self.every_s else "every epoch",
             )  # fmt: skip
         self._committed = set(files)
 

@@ -144,6 +144,9 @@ def cli() -> None:
         raise KeyboardInterrupt("SIGTERM")
 
     signal.signal(signal.SIGTERM, interrupt)
+    from transfersweep import cores
+
+    cores.limit_native()  # before numpy/torch load their BLAS pools
     main()
 
 
