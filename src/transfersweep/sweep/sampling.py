@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 from transfersweep.errors import ConfigError
 from transfersweep.strategies import Strategy
 from transfersweep.strategies.registry import RESERVED
+from transfersweep.sweep.backbones import KEY
 from transfersweep.sweep.hydra_optuna import SearchSpace
 
 _D = optuna.distributions
@@ -90,8 +91,8 @@ def replay(
     own = {f"freeze.{k}" for k in strategy.keys()}
     fixed = {k: v for k, v in space.fixed.items() if not _strategy_key(k) or k in own}
     merged = dict(params) | fixed
-    out = tuple(f"{k}={v}" for k, v in merged.items() if k != "backbone" or not space.backbones)
+    out = tuple(f"{k}={v}" for k, v in merged.items() if k != KEY or not space.backbones)
     if space.backbones:  # a searched backbone: its preset, or timm's weights by name
-        entry = str(merged["backbone"])
+        entry = str(merged[KEY])
         out += (*space.backbones[entry], f"trial.backbone={entry}")
     return out + tuple(space.fixed_overrides)
