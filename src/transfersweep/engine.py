@@ -82,7 +82,8 @@ class Runtime:
         if self.threads:
             torch.set_num_threads(self.threads)
         if self.device.type == "cuda":
-            torch.cuda.set_device(self.device)
+            if self.device.index is not None:  # a picked or pinned GPU: its default stream
+                torch.cuda.set_device(self.device)
             torch.backends.cudnn.benchmark = True
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
