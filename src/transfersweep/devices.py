@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 from transfersweep import cores
+from transfersweep.sweep.lock import file_lock  # POSIX flock, as the SQLite study lock
 
 
 def pick(n_gpus: int, pinned: int | None = None) -> int:
@@ -24,7 +24,7 @@ def pick(n_gpus: int, pinned: int | None = None) -> int:
     it is registered."""
     where = cores.folder()
     where.mkdir(parents=True, exist_ok=True)
-    with _locked(where / ".devices.lock"):
+    with file_lock(where / ".devices.lock"):
         gpu = pinned if pinned is not None else least_used(n_gpus, _in_use(where))
         entry = where / str(os.getpid())
         if entry.exists():  # a registered run (cores.registered): others now count it on `gpu`
@@ -51,18 +51,3 @@ def _in_use(where: Path) -> list[int]:
         with contextlib.suppress(OSError, ValueError):
             out.append(int(entry.read_text().strip()))  # an empty entry: a run on the CPU
     return out
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    try:
-        import fcntl
-    except ImportError:  # Windows: no lock; a rare double pick costs speed, not results
-        yield
-        return
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)

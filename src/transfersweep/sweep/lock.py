@@ -30,18 +30,24 @@ def _key(study_name: str) -> int:
 
 
 @contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive `flock` on `path` (created) while the block runs: one machine's processes."""
+    with open(path, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@contextmanager
 def study_lock(storage: str | None, study_name: str) -> Iterator[None]:
     if not storage:  # in-memory study: one process
         yield
         return
     if storage.startswith("sqlite:///"):
-        path = Path(storage.removeprefix("sqlite:///") + ".lock")
-        with open(path, "a+") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+        with file_lock(Path(storage.removeprefix("sqlite:///") + ".lock")):
+            yield
         return
     from sqlalchemy import text
 
