@@ -40,7 +40,7 @@ def test_resume_benchmark_runs(capsys):
     r = bench_resume.run("tiny", 5, image_size=16)
     assert r["peak_mb"] > 0  # a state was really written every epoch
     assert r["val_acc_on"] == r["val_acc_off"]  # and saving it changed nothing
-    assert "resume on / off" in capsys.readouterr().out
+    assert "resume every epoch / off" in capsys.readouterr().out
 
 
 def test_timm_side_by_side_benchmark_runs(capsys):

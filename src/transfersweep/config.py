@@ -190,9 +190,9 @@ class TrainerConfig:
     # Save the run's state under <paths.outputs>/resume; the same command re-run after an
     # interruption continues from the last saved epoch (transfersweep.resume)
     resume: bool = True
-    # ... after an epoch, when this many seconds of training passed since the last save (and
-    # after the first epoch, and the first epoch after a repeat ends); 0: every epoch. Short
-    # epochs (small targets, GPUs) then do not pay a state write each: measured in bench/
+    # ... after an epoch, once this many seconds of training passed since the last save (or
+    # the start); 0: every epoch. A kill loses at most about that much training, and short
+    # epochs (small targets, GPUs) do not pay a state write each: measured in bench/
     resume_every_s: float = 30.0
 
 

@@ -248,8 +248,7 @@ class Resume:
         self._failed = False
         self._committed = set(doc.get("files", {}))  # files the last commit names
         self.every_s = 0.0  # trainer.resume_every_s: an epoch's commit waits this long
-        self._last_commit: float | None = None  # monotonic time of the last commit
-        self._news = False  # a milestone (start weights, a scored repeat) not committed yet
+        self._last_commit = time.monotonic()  # of the last commit, or of the training's start
         if folder.is_dir():  # torn writes of a killed run, and files no commit names
             for f in folder.iterdir():
                 if f.name not in self._committed and f.name != "state.json":
@@ -267,6 +266,7 @@ class Resume:
         self.mlrun, self.run_id = mlrun, mlrun.run_id
         mlrun.settle_hooks.append(self.wait)  # the run ends after the write in flight
         self._t0 = time.perf_counter()  # elapsed_s counts training, like the run's seconds
+        self._last_commit = time.monotonic()  # the first save comes every_s into training
         p = self.point
         if p is None:
             return
@@ -299,7 +299,6 @@ class Resume:
         """The model after the source stages (every repeat starts from it)."""
         if "start" not in self._extra:
             self._extra["start"] = _save_tensors(self.dir, "start", _prefixed("start", state))
-            self._news = True
 
     def start(self) -> dict[str, torch.Tensor]:
         assert self.saved is not None and "start" in self._extra
@@ -318,7 +317,6 @@ class Resume:
                 "best_val": r.last.best_val, "best_epoch": r.last.best_epoch,
             }
         )  # fmt: skip
-        self._news = True  # committed with the next epoch, whatever the interval
 
     def done_repeats(self) -> list[Any]:
         """The repeats the found state had scored, as stages.RepeatResult."""
@@ -343,10 +341,9 @@ class Resume:
         if self._failed:
             return
         now = time.monotonic()
-        due = self._last_commit is None or now - self._last_commit >= self.every_s
-        if not (due or self._news):
-            return  # trainer.resume_every_s: a later epoch saves
-        self._last_commit, self._news = now, False
+        if now - self._last_commit < self.every_s:
+            return  # trainer.resume_every_s: a later epoch saves (what this one did is redone)
+        self._last_commit = now
         metrics = self.mlrun.take() if self.mlrun is not None else []
         copy = {k: v.detach().to("cpu", copy=True) for k, v in tensors.items()}
         full = doc | {
