@@ -5,8 +5,9 @@ which for small in-memory sets is far cheaper than a per-sample DataLoader;
 on-disk sets go through a DataLoader with workers and the same index batches.
 `Preprocess` turns uint8 batches into normalised floats on the device, so the host only
 moves bytes; on a GPU, an in-memory set that fits is copied to the device once (`resident`)
-and its batches are gathered there, so no byte crosses per batch. Training batches may pass through timm's train transform first
-(`data.augment`, `augment.TrainAugment`), on the host, seeded from the batches' generator.
+and its batches are gathered there, so no byte crosses per batch. Training batches may pass
+through timm's train transform first (`data.augment`, `augment.TrainAugment`), on the host,
+seeded from the batches' generator.
 """
 
 from __future__ import annotations
