@@ -10,12 +10,16 @@ repeat, no resume state) twice, three ways, each timed from the first start to t
 
 Target: at once and shared <= 1.00 (two trials in no more time than one after the other).
 
-Then the same through a sweep: `sweep=grid` over two cells (target_only x last_blocks, full;
-120 epochs each, so that starting two worker processes is not all that is measured), with
-JOBS=1 (the trials one after the other in the sweep's process) and JOBS=2
+Then the same through a sweep: `sweep=grid` over two cells of equal cost (target_only+full at
+two learning rates; 120 epochs each, so that starting two worker processes is not all that is
+measured), with JOBS=1 (the trials one after the other in the sweep's process) and JOBS=2
 (`hydra/launcher=joblib`, two worker processes, each its share): wall time of the whole sweep
-command. Target: JOBS=2 <= JOBS=1.
-`make bench ARGS=cores` (about 6 minutes on 2 cores).
+command. Target: JOBS=2 <= JOBS=1. And two cells of unequal cost (last_blocks, whose frozen
+prefix is cached, and full): there the worker whose trial ends first frees its core, which the
+other run takes at its next epoch (`engine.Runtime.rebalance`); reported, no target: each
+joblib worker starts its own interpreter (imports, ~5 s of CPU on these cores) where JOBS=1
+imports once.
+`make bench ARGS=cores` (about 9 minutes on 2 cores).
 """
 
 from __future__ import annotations
@@ -57,10 +61,12 @@ def _runs(out: Path, at_once: bool, extra: list[str]) -> float:
 
 SWEEP = [
     "-m", "sweep=grid", "backbone=resnet18", "data=digits", "data.image_size=64",
-    "regime=target_only", "search.strategies=[last_blocks,full]", "trainer.target_epochs=120",
-    "trainer.repeats=1", "trainer.device=cpu", "trainer.resume=false",
-    "tracking.log_checkpoint=false", "hydra.sweeper.register_champion=false",
+    "regime=target_only", "trainer.target_epochs=120", "trainer.repeats=1",
+    "trainer.device=cpu", "trainer.resume=false", "tracking.log_checkpoint=false",
+    "hydra.sweeper.register_champion=false",
 ]  # fmt: skip
+EQUAL = ["search.strategies=[full]", "optimizer.lr=choice(0.001,0.002)"]
+UNEQUAL = ["search.strategies=[last_blocks,full]"]
 JOBS2 = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.sweeper.n_jobs=2"]
 
 
@@ -93,13 +99,14 @@ def main() -> None:
         f"{shared / apart:.2f}x",
     )
     report("at once, both at default threads", f"{crowded:.1f} s", "", f"{crowded / apart:.2f}x")
-    with tempfile.TemporaryDirectory() as tmp:
-        one = _sweep(Path(tmp) / "jobs1", [])
-        two = _sweep(Path(tmp) / "jobs2", JOBS2)
-    report("a 2-trial sweep, JOBS=1", f"{one:.1f} s", "1.00")
-    report(
-        "the same sweep, JOBS=2 (joblib workers)", f"{two:.1f} s", "<= 1.00", f"{two / one:.2f}x"
-    )
+    for cells, what, target in ((EQUAL, "equal", "<= 1.00"), (UNEQUAL, "unequal", "")):
+        with tempfile.TemporaryDirectory() as tmp:
+            one = _sweep(Path(tmp) / "jobs1", cells)
+            two = _sweep(Path(tmp) / "jobs2", cells + JOBS2)
+        report(f"a 2-trial sweep ({what} cells), JOBS=1", f"{one:.1f} s", "1.00")
+        report(
+            "the same sweep, JOBS=2 (joblib workers)", f"{two:.1f} s", target, f"{two / one:.2f}x"
+        )
 
 
 if __name__ == "__main__":

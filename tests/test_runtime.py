@@ -110,3 +110,38 @@ def test_on_a_gpu_in_memory_batches_are_gathered_there_in_the_same_order():
         again.on_device[0].data_ptr()
         == data.eval_batches(StageData.target, "val", cfg, device=gpu).on_device[0].data_ptr()
     )  # copied once per set
+
+
+@pytest.mark.skipif(cores.available() < 2, reason="one core: nothing to share")
+def test_a_run_takes_the_cores_a_finished_sibling_freed(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRANSFERSWEEP_RUNS_DIR", str(tmp_path))
+    folder = cores.folder()
+    folder.mkdir(parents=True)
+    sibling = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    (folder / str(sibling.pid)).touch()  # a live run beside this one
+    seen: list[int] = []
+
+    def on_epoch(_stats):
+        seen.append(torch.get_num_threads())
+        if len(seen) == 1:  # the sibling ends after this run's first epoch
+            sibling.kill()
+            sibling.wait()
+
+    before = torch.get_num_threads()
+    try:
+        with cores.registered():
+            cfg = compose(FAST + ["backbone=tiny", "trainer.threads=null"])
+            rt = engine.Runtime.from_cfg(cfg.trainer)
+            rt.apply()
+            total = cores.total()
+            assert rt.threads == max(1, total // 2)
+            data = data_mod.build(cfg, need_source=False)
+            model = timm.create_model(cfg.backbone.name, num_classes=5, **cfg.backbone.kwargs)
+            prep = data_mod.Preprocess(model.pretrained_cfg["mean"], model.pretrained_cfg["std"])
+            batches = data.train_batches(StageData.target, cfg, seed=0, device=rt.device)
+            val = data.eval_batches(StageData.target, "val", cfg, device=rt.device)
+            engine.fit(model, batches, val, prep, rt, cfg, epochs=2, on_epoch=on_epoch)
+    finally:
+        sibling.kill()
+        torch.set_num_threads(before)
+    assert seen == [max(1, total // 2), total]  # half beside it, all of them once it ended

@@ -5,9 +5,10 @@ Two training processes at torch's default threads on 2 cores made each step abou
 the sweep itself, a joblib worker, another worker of the same study, another study) registers
 its process id in a per-user folder while it trains, and a run whose `trainer.threads` is null
 takes `cores // processes registered`: alone, all of them (torch's default), beside one other
-run, half. The count is taken when a run starts, not during it: a run's thread count stays
-fixed, so its numbers stay reproducible for that count (CPU reductions can round differently
-with another split), and a run that started alone keeps its threads until its next trial.
+run, half. The count is taken again before each epoch, so a run takes the cores a finished
+sibling freed (a JOBS=2 sweep whose cheap trial ended first goes on with both cores) and gives
+half back when another starts. CPU reductions can round differently with another split, so a
+run whose numbers must repeat to the last bit sets `trainer.threads` (the tests do).
 joblib's workers additionally get OMP/MKL/OpenBLAS limits from joblib itself (cores // n_jobs).
 The BLAS libraries outside torch (numpy's and scipy's OpenBLAS or MKL, read once when they
 load) get the same share from `limit_native`, which the entrypoint calls before its first
@@ -83,19 +84,27 @@ def registered() -> Iterator[None]:
 _default: int | None = None  # torch's own thread count, before this module changed it
 
 
-def share(parallel_jobs: int = 1) -> int:
-    """Threads for a run that starts now: torch's default (physical cores, or what OMP_NUM_THREADS
-    or joblib set) split between the registered processes (this one included) and, within a
-    joblib launcher, its `parallel_jobs` workers (already pre-split by joblib: not split twice)."""
+def total(parallel_jobs: int = 1) -> int:
+    """The threads this machine's runs share: torch's default (physical cores, or what
+    OMP_NUM_THREADS says), or in one of a joblib launcher's `parallel_jobs` workers, whose
+    default joblib already divided (cores // n_jobs), that split undone."""
     import torch
 
     global _default
     if _default is None:
         _default = torch.get_num_threads()
-    n = max(running(), 1)
-    if parallel_jobs > 1:  # joblib's workers: its limit already is cores // n_jobs
-        return max(1, min(_default, available() // max(n, parallel_jobs)))
-    return max(1, min(_default, available()) // n)
+    if parallel_jobs > 1:
+        return min(available(), _default * parallel_jobs)
+    return min(_default, available())
+
+
+def share(parallel_jobs: int = 1, starting: bool = True) -> int:
+    """Threads for this run: `total` split between the registered processes (this one
+    included). A run `starting` in a joblib launcher counts all of its `parallel_jobs`
+    workers, registered yet or not (they start together); later, only the live ones count,
+    so a run takes the cores a finished sibling freed (`engine.Runtime.rebalance`)."""
+    n = max(running(), parallel_jobs if starting else 1, 1)
+    return max(1, total(parallel_jobs) // n)
 
 
 # BLAS thread pools other than torch's: read once, when their library loads. OMP_NUM_THREADS

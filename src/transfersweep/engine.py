@@ -36,6 +36,7 @@ class Runtime:
     channels_last: bool
     threads: int | None = None  # torch intra-op threads; None = torch's default
     compile_backend: str | None = None
+    parallel_jobs: int | None = None  # set: `threads` is this run's share (cores.py), re-taken
 
     @classmethod
     def from_cfg(cls, t: DictConfig, parallel_jobs: int = 1) -> Runtime:
@@ -67,13 +68,14 @@ class Runtime:
                 "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
             )
         amp = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-        threads = t.threads
-        if threads is None:  # share the cores with the other runs on this machine (cores.py)
-            from transfersweep import cores
+        from transfersweep import cores
 
-            threads = cores.share(parallel_jobs)
+        cores.total(parallel_jobs)  # torch's default read before any run of this process sets it
+        threads, shared = t.threads, None
+        if threads is None:  # share the cores with the other runs on this machine (cores.py)
+            threads, shared = cores.share(parallel_jobs), parallel_jobs
         backend = str(t.compile_backend) if t.compile else None
-        return cls(device, amp, bool(t.channels_last), threads, backend)
+        return cls(device, amp, bool(t.channels_last), threads, backend, shared)
 
     def apply(self) -> None:
         """Set torch's process-wide switches for this runtime: CPU threads; on CUDA, cuDNN's
@@ -87,6 +89,24 @@ class Runtime:
             torch.backends.cudnn.benchmark = True
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
+
+    def rebalance(self) -> None:
+        """Between epochs: a run whose threads are its share of the cores takes it again (the
+        cores a finished sibling run freed, or half when another one started)."""
+        if self.parallel_jobs is None:
+            return
+        from transfersweep import cores
+
+        threads = cores.share(self.parallel_jobs, starting=False)
+        if threads != self.threads:
+            log.debug(
+                "CPU threads %s -> %d (runs on this machine: %d)",
+                self.threads,
+                threads,
+                cores.running(),
+            )
+            torch.set_num_threads(threads)
+            self.threads = threads
 
     def compiled(self, model: torch.nn.Module) -> torch.nn.Module:
         """`model` compiled in place (nn.Module.compile: parameter names and state_dict keys
@@ -273,6 +293,7 @@ def fit(
     done = progress.restore(model, opt, sched, scaler, train.gen, result)  # 0: a fresh start
     compiling = _is_compiled(model)  # its first step compiles: timed apart
     for epoch in range(max(first_epoch, done + 1), first_epoch + epochs):
+        runtime.rebalance()
         t0 = time.perf_counter()
         freezing.train_mode(model, frozen, adapt)
         loss_sum = torch.zeros((), device=runtime.device)
