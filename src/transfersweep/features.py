@@ -166,7 +166,6 @@ def _unshuffled(train: Batches, cfg: DictConfig) -> Batches:
         train.images,
         cfg.trainer.eval_batch_size,
         shuffle=False,
-        pin_memory=train.pin_memory,
         device=train.device,
     )
 

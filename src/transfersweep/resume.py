@@ -89,9 +89,10 @@ def open_run(cfg: DictConfig, study: str | None, trial: int | None) -> Resume | 
             root / k,
         )
         return None
-    state = Resume(root / k, k, lock, trial, _load(root / k, k), cfg.trainer.objective)
-    state.every_s = float(cfg.trainer.resume_every_s)
-    return state
+    return Resume(
+        root / k, k, lock, trial, _load(root / k, k), cfg.trainer.objective,
+        float(cfg.trainer.resume_every_s),
+    )  # fmt: skip
 
 
 def _lock(path: Path) -> Any:
@@ -226,7 +227,7 @@ class Resume:
 
     def __init__(
         self, folder: Path, k: str, lock: Any, trial: int | None, saved: Saved | None,
-        objective: str,
+        objective: str, every_s: float = 0.0,
     ) -> None:  # fmt: skip
         self.dir, self.key, self._lock, self.trial = folder, k, lock, trial
         self.objective = objective  # trainer.objective: which repeat is the best
@@ -247,7 +248,7 @@ class Resume:
         self._pending: Future | None = None
         self._failed = False
         self._committed = set(doc.get("files", {}))  # files the last commit names
-        self.every_s = 0.0  # trainer.resume_every_s: an epoch's commit waits this long
+        self.every_s = every_s  # trainer.resume_every_s: an epoch's commit waits this long
         self._last_commit = time.monotonic()  # of the last commit, or of the training's start
         if folder.is_dir():  # torn writes of a killed run, and files no commit names
             for f in folder.iterdir():
@@ -333,17 +334,20 @@ class Resume:
 
     # ----- commit, end ------------------------------------------------------------------------
 
+    def due(self) -> bool:
+        """Whether an epoch ending now is saved: trainer.resume_every_s of training passed
+        since the last save (or the start); otherwise a later epoch saves, and what this one
+        did is redone after a kill."""
+        return not self._failed and time.monotonic() - self._last_commit >= self.every_s
+
     def commit(self, point: Point, tensors: dict[str, torch.Tensor], doc: dict[str, Any]):
         """Save one epoch's state. Training goes on while a background thread writes the
         metrics logged up to here (so the store has every epoch the state counts), then a copy
         of the tensors, then state.json naming them (atomic). One write at a time: the next
         commit waits for this one."""
-        if self._failed:
+        if not self.due():
             return
-        now = time.monotonic()
-        if now - self._last_commit < self.every_s:
-            return  # trainer.resume_every_s: a later epoch saves (what this one did is redone)
-        self._last_commit = now
+        self._last_commit = time.monotonic()
         metrics = self.mlrun.take() if self.mlrun is not None else []
         copy = {k: v.detach().to("cpu", copy=True) for k, v in tensors.items()}
         full = doc | {
@@ -475,6 +479,8 @@ class FitCheckpoint:
     def save(self, epoch: int, opt, sched, scaler, gen: torch.Generator, result):
         """Epoch `epoch` is done: the whole model (fit may train only its head or suffix)."""
         st = self.stage
+        if not st.run.due():  # not even the state built: an epoch of a short trial is cheap
+            return
         tensors = _prefixed("model", self.model.state_dict())
         if result.best_epoch != epoch:
             tensors |= _prefixed("fit_best", result.best_state)

@@ -63,7 +63,6 @@ class TransferData:
             batch_size=d.batch_size,
             seed=seed,
             num_workers=d.num_workers,
-            pin_memory=_is_gpu(device),
             augment=self.augment,
             device=device,
         )
@@ -91,13 +90,8 @@ class TransferData:
             batch_size=cfg.trainer.eval_batch_size,
             shuffle=False,
             num_workers=cfg.data.num_workers,
-            pin_memory=_is_gpu(device),
             device=device,
         )
-
-
-def _is_gpu(device: torch.device | None) -> bool:
-    return device is not None and device.type == "cuda"
 
 
 def build(cfg: DictConfig, need_source: bool, mi: ModelInput | None = None) -> TransferData:

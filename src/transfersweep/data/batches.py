@@ -38,7 +38,8 @@ class Batches:
     `balanced` (data.*.balance=sampler) draws each epoch's len(images) items with replacement,
     each with probability 1 / (classes x its class's count): every class equally likely.
     `device` (a GPU): in-memory images without host augmentation are gathered on it
-    (`resident`); the order is still drawn on the host, from the same generator.
+    (`resident`); the order is still drawn on the host, from the same generator. Other
+    batches are pinned there, for asynchronous copies.
     """
 
     def __init__(
@@ -50,7 +51,6 @@ class Batches:
         num_workers: int = 0,
         n_target: int | None = None,
         target_share: float | None = None,
-        pin_memory: bool = False,
         augment: TrainAugment | None = None,
         balanced: bool = False,
         device: torch.device | None = None,
@@ -61,7 +61,9 @@ class Batches:
         self.balanced = balanced
         self.augment = augment
         self.gen = torch.Generator().manual_seed(seed)
-        self.num_workers, self.pin_memory = num_workers, pin_memory
+        self.num_workers = num_workers
+        # batches that cross to a GPU per step: pinned, for asynchronous copies
+        self.pin_memory = device is not None and device.type == "cuda" and self.on_device is None
         self.n_target, self.target_share = n_target, target_share
 
     def __len__(self) -> int:
@@ -147,8 +149,8 @@ def resident(
     if device is None or device.type != "cuda" or not isinstance(images, TensorImages):
         return None
     host = images.images
-    if host.device == device:
-        return host, images.labels.to(device)
+    if host.device == device:  # made there (features): not kept in _COPIES, which would keep
+        return host, images.labels.to(device)  # the set alive; labels are a few bytes
     if host not in _COPIES:
         free, _ = torch.cuda.mem_get_info(device)
         if host.numel() * host.element_size() > RESIDENT_SHARE * free:

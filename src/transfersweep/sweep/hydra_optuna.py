@@ -8,6 +8,7 @@ and the launcher set-up; the trial loop is transfersweep's own (sweeper.py).
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 from collections.abc import Sequence
@@ -61,5 +62,11 @@ class StockOptunaSweeper(OptunaSweeperImpl):
         return returns
 
     def compose(self, overrides: list[str]) -> DictConfig:
-        """A job's config for these overrides, as the launcher would compose it."""
-        return self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+        """A job's config for these overrides, as the launcher would compose it; composed once
+        per list of overrides (the backbone ranking, the search space and the first trials all
+        ask for each backbone's), a copy each time (callers may change theirs)."""
+        cache = self.__dict__.setdefault("_composed", {})
+        key = tuple(overrides)
+        if key not in cache:
+            cache[key] = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+        return copy.deepcopy(cache[key])
