@@ -51,6 +51,39 @@ def test_feature_cache_matches_the_uncached_path(tmp_path, backbone, regime, sta
         assert cached.data.metrics[key] == pytest.approx(plain.data.metrics[key], abs=1e-6)
 
 
+def test_a_cached_probe_is_scored_on_val_without_a_second_pass_and_the_same_numbers(
+    tmp_path, monkeypatch
+):
+    """The head's best epoch on float32 pooled features is the whole model's val score, bit
+    for bit: score() reuses it instead of a second pass over val (the cached probe's floor)."""
+    from transfersweep import engine, inputs, stages
+    from transfersweep.paradigm import Paradigm
+    from transfersweep.sweep.trial import TrialLink
+    from transfersweep.tracking import NoRun
+
+    reused = []
+    real_score = stages.score
+
+    def spy(inp, cfg, final, val=None):
+        reused.append(val)
+        return real_score(inp, cfg, final, val)
+
+    monkeypatch.setattr(stages, "score", spy)
+    cfg = compose(
+        [*FAST, "freeze=last_layer", "trainer.target_epochs=4", "optimizer.lr=0.01"], tmp_path
+    )
+    ready = inputs.load(cfg)
+    out = train.train(ready, cfg, Paradigm.from_cfg(cfg), TrialLink(), NoRun())
+    (val,) = reused
+    assert val is not None  # the fit's numbers were used
+    val_batches = ready.data.eval_batches(ready.stages[-1].data, "val", cfg)
+    _, whole = engine.evaluate(
+        ready.model, val_batches, ready.preprocess, ready.runtime, len(ready.data.target.classes)
+    )
+    assert whole == val  # what a second pass over val gives: the same, exactly
+    assert out.record.scores["val_acc"] == [whole["acc"]]
+
+
 def _cached_and_plain(tmp_path, args):
     found = {}
     for cache in ("true", "false"):

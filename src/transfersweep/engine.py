@@ -147,6 +147,7 @@ class FitResult:
     best_epoch: int = 0
     best_state: dict[str, torch.Tensor] | None = None
     history: list[EpochStats] = field(default_factory=list)
+    best_scores: dict[str, float] | None = None  # every val metric at the best epoch (this fit)
 
 
 @torch.no_grad()
@@ -344,6 +345,7 @@ def fit(
         result.history.append(stats)
         if stats.val_score > result.best_val:
             result.best_val, result.best_epoch = stats.val_score, epoch
+            result.best_scores = val_scores
             result.best_state = {
                 k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()
             }

@@ -55,6 +55,10 @@ class StageResult:
     best_val: float  # the objective's metric (trainer.objective) on val at the best epoch
     best_epoch: int
     best_state: dict[str, torch.Tensor]  # the whole model at its best epoch (CPU copies)
+    # every val metric of the whole model at the best epoch, when the fit that found it saw
+    # exactly what the whole model computes (the head on float32 pooled features): `score`
+    # then needs no second pass over val; None: scored again
+    val_scores: dict[str, float] | None = None
 
 
 def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -88,7 +92,7 @@ def run(
     finally:
         strategy.detach(model)  # a plain timm model again, whatever happened
     if layout is not inputs.layout:  # the best state had adapters: keep the merged model's
-        best = replace(best, best_state=_cpu_state(model))
+        best = replace(best, best_state=_cpu_state(model), val_scores=None)  # merging rounds
     mlrun.log_metrics(
         {
             f"{prefix}/best_{_selected(cfg)}": best.best_val,
@@ -167,6 +171,7 @@ def _phases(
             inputs, cfg, stage, phase, prefix, train, val, mlrun
         )
         lr, scales = _rates(lr_scales, cfg, stage, phase, inputs.layout)
+        exact = fit_model is model.get_classifier() and runtime.amp_dtype is None
         with progress.phase(i, model, best):
             result = engine.fit(
                 fit_model, train, val, fit_prep, runtime, cfg, phase.epochs,
@@ -179,7 +184,8 @@ def _phases(
         best_is_last = best is None or result.best_val > best.best_val
         if best_is_last:
             state = result.best_state if fit_model is model else _cpu_state(model)
-            best = StageResult(result.best_val, result.best_epoch, state)
+            known = result.best_scores if exact else None
+            best = StageResult(result.best_val, result.best_epoch, state, known)
         epoch += phase.epochs
     assert best is not None, f"strategy {stage.strategy.name!r} gave no phases"
     if not best_is_last:  # an earlier phase did better: the stage ends on its weights
@@ -363,7 +369,7 @@ def repeat(
         with progress.stage(i, rep.index, save=not before):  # again for the teacher: no saving
             result = run(inputs, cfg, stage, prefix, seed, mlrun, report if last else None, teacher)
         teacher = teacher_after(inputs, i)
-    scored = score(inputs, cfg, target_stages[-1])
+    scored = score(inputs, cfg, target_stages[-1], result.val_scores)
     mlrun.log_metrics({f"repeat/{k}": v for k, v in scored.items()}, step=rep.index)
     seconds = time.perf_counter() - t0
     return RepeatResult(rep.index, inputs.data.target.digest(), seconds, scored, result)
@@ -376,16 +382,21 @@ def needs_start(stages: list[Stage], n_repeats: int) -> bool:
     return n_repeats > 1 or any(s.init == "start" or s.loss.uses_teacher for s in stages)
 
 
-def score(inputs: Inputs, cfg: DictConfig, final: Stage) -> dict[str, float]:
+def score(
+    inputs: Inputs, cfg: DictConfig, final: Stage, val: dict[str, float] | None = None
+) -> dict[str, float]:
     """Every score of the model as it stands (the last stage's best epoch) by name
     (transfersweep.scores): every metric on the target's val and test splits, on the
     out-of-distribution set when data.target.ood is set (reported, never optimised) and on the
     held-out shifted validation set (data.target.ood_val). Val is scored again on the whole
-    model, which is what the checkpoint and the champion are."""
+    model, which is what the checkpoint and the champion are, unless `val` holds its metrics
+    already (StageResult.val_scores: the same numbers, bit for bit)."""
     target = inputs.data.target
-    out: dict[str, float] = {}
+    out: dict[str, float] = scores.named("val", val) if val is not None else {}
     for split in scores.SPLITS:
         if split in ("ood", "ood_val") and getattr(target, split) is None:
+            continue
+        if split == "val" and val is not None:
             continue
         batches = inputs.data.eval_batches(final.data, split, cfg, device=inputs.runtime.device)
         _, by_metric = engine.evaluate(
