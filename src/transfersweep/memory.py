@@ -6,6 +6,7 @@ Kept apart from the engine so the entrypoint can wrap set-up without importing t
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import sys
 from collections.abc import Callable
@@ -51,3 +52,21 @@ def memory_guard(cfg: DictConfig, what: str, fn: Callable, *args: Any, **kwargs:
         f"out of memory while {what} ({first}): lower data.batch_size (now {d.batch_size}) "
         f"or data.image_size (now {d.image_size}){bf16}"
     )
+
+
+_trim: Any = None  # glibc's malloc_trim, False where there is none (macOS, musl)
+
+
+def release() -> None:
+    """Give the OS back the heap a finished run freed. glibc keeps freed memory in its arenas,
+    so the resident size of a process that runs trial after trial (a basic-launcher sweep, a
+    joblib worker) crept up by tens of MB over 20 trials with no object leaked; after
+    malloc_trim it stays flat (bench_memory). A no-op where the C library has no malloc_trim."""
+    global _trim
+    if _trim is None:
+        try:
+            _trim = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _trim = False
+    if _trim:
+        _trim(0)

@@ -133,6 +133,10 @@ def main(cfg: DictConfig) -> float:
             raise  # the sweeper records the failed trial and goes on
         log.error("error: %s", e)
         sys.exit(2)
+    finally:  # the run's model, data and optimizer are freed by now: the next trial's room
+        from transfersweep.memory import release
+
+        release()
 
 
 def cli() -> None:
