@@ -51,11 +51,14 @@ def test_feature_cache_matches_the_uncached_path(tmp_path, backbone, regime, sta
         assert cached.data.metrics[key] == pytest.approx(plain.data.metrics[key], abs=1e-6)
 
 
-def test_a_cached_probe_is_scored_on_val_without_a_second_pass_and_the_same_numbers(
-    tmp_path, monkeypatch
+@pytest.mark.parametrize("freeze", ["last_layer", "full", "lp_ft"])
+def test_val_is_scored_from_the_fit_without_a_second_pass_and_the_same_numbers(
+    tmp_path, monkeypatch, freeze
 ):
-    """The head's best epoch on float32 pooled features is the whole model's val score, bit
-    for bit: score() reuses it instead of a second pass over val (the cached probe's floor)."""
+    """The best epoch's val scores from the fit (the whole model; the head on float32 pooled
+    features for a cached probe) are the whole model's val scores, bit for bit: score() reuses
+    them instead of a second pass over val. At this rate the best epoch is not the last one
+    (lp_ft: in its first phase), so numbers of another epoch would show."""
     from transfersweep import engine, inputs, stages
     from transfersweep.paradigm import Paradigm
     from transfersweep.sweep.trial import TrialLink
@@ -70,7 +73,7 @@ def test_a_cached_probe_is_scored_on_val_without_a_second_pass_and_the_same_numb
 
     monkeypatch.setattr(stages, "score", spy)
     cfg = compose(
-        [*FAST, "freeze=last_layer", "trainer.target_epochs=4", "optimizer.lr=0.01"], tmp_path
+        [*FAST, f"freeze={freeze}", "trainer.target_epochs=4", "optimizer.lr=0.05"], tmp_path
     )
     ready = inputs.load(cfg)
     out = train.train(ready, cfg, Paradigm.from_cfg(cfg), TrialLink(), NoRun())
