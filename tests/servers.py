@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -124,6 +125,7 @@ def mlflow_server(
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, **(env or {})},
     )  # fmt: skip
+    _drained(proc)  # a busy server's access log would fill the pipe and block the server
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_healthy(url, proc)
@@ -142,6 +144,30 @@ def get_json(request: str | urllib.request.Request, timeout: float = 5) -> Any:
         return json.loads(r.read())
 
 
+def _drained(proc: subprocess.Popen) -> None:
+    """Read `proc`'s piped output on a thread as it comes (kept for `output`): a server whose
+    pipe nobody reads blocks once the pipe is full (8 workers' requests log that much)."""
+    lines: list[str] = []
+
+    def drain() -> None:
+        for line in proc.stdout:
+            lines.append(line)
+
+    thread = threading.Thread(target=drain, daemon=True)
+    thread.start()
+    proc.drain = (thread, lines)  # type: ignore[attr-defined]
+
+
+def output(proc: subprocess.Popen) -> str:
+    """What `proc` wrote (all of it once it has exited)."""
+    if not hasattr(proc, "drain"):
+        return proc.stdout.read() if proc.stdout else ""
+    thread, lines = proc.drain
+    if proc.poll() is not None:
+        thread.join(timeout=10)
+    return "".join(lines)
+
+
 def poll_http(fetch: Callable[[], Any], proc: subprocess.Popen | None = None,
               within: float = 120, what: str = "the server") -> Any:  # fmt: skip
     """`fetch()` again every 0.5 s while it raises OSError (not listening or not ready yet),
@@ -152,7 +178,7 @@ def poll_http(fetch: Callable[[], Any], proc: subprocess.Popen | None = None,
             return fetch()
         except OSError:
             if proc is not None and proc.poll() is not None:
-                out = proc.stdout.read() if proc.stdout else ""
+                out = output(proc)
                 raise AssertionError(f"{what} exited:\n{out[-3000:]}") from None
             if time.time() > deadline:
                 raise AssertionError(f"{what} did not answer within {within:.0f} s") from None

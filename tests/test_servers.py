@@ -14,7 +14,7 @@ import optuna
 import pytest
 
 from conftest import FAST, sweep_parent
-from servers import PASSWORD, free_port, get_json, mlflow_server, poll_http, postgres
+from servers import PASSWORD, free_port, get_json, mlflow_server, output, poll_http, postgres
 
 pytestmark = pytest.mark.slow  # real PostgreSQL and MLflow servers, many worker processes
 
@@ -336,7 +336,7 @@ def test_exposed_server_needs_a_password_and_an_authenticated_sweep_works(tmp_pa
         assert PASSWORD not in logs
         assert PASSWORD not in _all_text_under(art)  # every artifact, summaries included
         assert PASSWORD not in _all_text_under(out)  # Hydra records, logs, caches
-    assert PASSWORD not in proc.stdout.read()
+    assert PASSWORD not in output(proc)
 
 
 def test_make_ui_serves_the_local_store_and_asks_for_a_password_off_loopback(tmp_path):

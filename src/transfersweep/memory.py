@@ -1,4 +1,5 @@
-"""Out of memory (CPU or GPU) as a trial failure that names the settings to lower.
+"""Out of memory (CPU or GPU) as a trial failure that names the settings to lower, and the
+heap a finished run freed handed back to the OS (`release`).
 
 Kept apart from the engine so the entrypoint can wrap set-up without importing timm early
 (huggingface_hub reads HF_HUB_OFFLINE once, when it is imported).
