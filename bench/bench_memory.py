@@ -1,7 +1,7 @@
 """Resident memory across 20 in-process trials (what a sweep with the basic launcher does:
-`train.run`, then `memory.release` as the Hydra task function `train.main` does): growth from trial 5 to trial
-20 should be ~0 (no leaked models, optimizers, runs or caches; the heap each trial freed given
-back to the OS, memory.release)."""
+`train.run`, then `memory.release`, as the Hydra task function `train.main` does): growth from
+trial 5 to trial 20 should be ~0 (no leaked models, optimizers, runs or caches; the heap each
+trial freed given back to the OS)."""
 
 from __future__ import annotations
 

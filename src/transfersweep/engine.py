@@ -100,10 +100,7 @@ class Runtime:
         threads = cores.share(self.parallel_jobs, starting=False)
         if threads != self.threads:
             log.debug(
-                "CPU threads %s -> %d (runs on this machine: %d)",
-                self.threads,
-                threads,
-                cores.running(),
+                "CPU threads %s -> %d (the runs beside this one changed)", self.threads, threads
             )
             torch.set_num_threads(threads)
             self.threads = threads
