@@ -25,7 +25,12 @@ and the best validation accuracy over the epochs (mean ± sd over the repeats).
   nanoGPT-style over in-memory uint8 tensors with no tracking and no checkpoints.
 
     .venv/bin/python bench/bench_timm.py [--sizes 64,224] [--models lite0,resnet18]
-        [--epochs 64:10,224:2] [--repeats 64:3,224:1] [--profile]
+        [--epochs 64:10,224:2] [--repeats 64:3,224:1] [--heap-cache-all] [--profile]
+
+transfersweep keeps freed CPU memory for the next batch (trainer.heap_cache, glibc's mallopt);
+timm's train.py and the plain loop run with glibc's defaults, as their users run them.
+`--heap-cache-all` runs both once more with the same heap settings (glibc's environment
+variables), so the ratios can be read allocator for allocator too.
 
 `--profile` adds a torch.profiler table of one model's training steps at the largest size:
 where the time goes (the operators' self CPU time), to tell the framework's cost from the
@@ -117,10 +122,12 @@ def initial_weights(model: str, seed: int, out: Path) -> Path:
 
 # ---- the three trainers ------------------------------------------------------------------
 def run_timm(
-    model: str, size: int, epochs: int, seed: int, data: Path, init: Path, out: Path, su: Setup
-):
+    model: str, size: int, epochs: int, seed: int, data: Path, init: Path, out: Path, su: Setup,
+    heap: bool = False,
+):  # fmt: skip
     """timm's train.py as a user runs it; images/s from its per-epoch update times (each
     update synchronised on a GPU, so the times are the kernels', not their launches')."""
+    out = out / "heap" if heap else out  # a second run of the same repeat: its own folder
     args = [
         sys.executable, str(TIMM_TRAIN), "--data-dir", str(data), "--train-split", "train",
         "--val-split", "val", "--model", MODELS[model], "--num-classes", str(len(CLASSES)),
@@ -135,7 +142,7 @@ def run_timm(
     if su.gpu:
         args += ["--amp", "--amp-dtype", "bfloat16", "--pin-mem", "--synchronize-step"]
     t0 = time.perf_counter()
-    res = subprocess.run(args, capture_output=True, text=True, env=_env())
+    res = subprocess.run(args, capture_output=True, text=True, env=_env(heap))
     wall = time.perf_counter() - t0
     if res.returncode != 0:
         raise RuntimeError(f"timm train.py failed:\n{res.stderr[-3000:]}")
@@ -197,7 +204,10 @@ def run_transfersweep(
     return n * epochs / seconds, max(accs), wall, compiling
 
 
-def run_plain(model: str, size: int, epochs: int, seed: int, data: Path, init: Path, su: Setup):
+def run_plain(
+    model: str, size: int, epochs: int, seed: int, data: Path, init: Path, su: Setup,
+    heap: bool = False,
+):  # fmt: skip
     """`plain_loop` in a fresh process, as the other two run (a long-lived process's warm
     kernel caches and fragmented heap would make a loop here differ from the same loop there)."""
     import json
@@ -206,7 +216,7 @@ def run_plain(model: str, size: int, epochs: int, seed: int, data: Path, init: P
         [model, size, epochs, seed, str(data), str(init), su.device, PER_CLASS["train"]]
     )]  # fmt: skip
     t0 = time.perf_counter()
-    res = subprocess.run(args, capture_output=True, text=True, env=_env())
+    res = subprocess.run(args, capture_output=True, text=True, env=_env(heap))
     wall = time.perf_counter() - t0  # the process's, imports included, as for the others
     if res.returncode != 0:
         raise RuntimeError(f"the plain loop failed:\n{res.stderr[-3000:]}")
@@ -283,8 +293,13 @@ def plain_loop(model: str, size: int, epochs: int, seed: int, data: Path, init: 
     return len(y_train) * epochs / seconds, best, time.perf_counter() - t_start
 
 
-def _env() -> dict[str, str]:
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT / "src")}
+def _env(heap: bool = False) -> dict[str, str]:
+    """`heap`: glibc's malloc set as trainer.heap_cache sets it (memory.cache_heap), through
+    the environment variables glibc reads at start."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT / "src")}
+    if heap:
+        env |= {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)}
+    return env
 
 
 # ---- the profile -------------------------------------------------------------------------
@@ -338,6 +353,7 @@ VARIANTS = {  # transfersweep with one switch more (--variants)
     "channels_last": ("trainer.channels_last=true",),
     "compile": ("trainer.compile=true",),
     "resume_off": ("trainer.resume=false",),  # what the per-epoch resume state costs
+    "heap_cache_off": ("trainer.heap_cache=false",),  # glibc's defaults, as the others run
 }
 
 
@@ -363,6 +379,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--train-per-class", type=int, default=PER_CLASS["train"],
                    help="a multiple of 32 (5 classes: whole batches of 32)")  # fmt: skip
     p.add_argument("--variants", default="", help=f"transfersweep also with: {','.join(VARIANTS)}")
+    p.add_argument("--heap-cache-all", action="store_true",
+                   help="timm's train.py and the plain loop once more with transfersweep's heap "
+                   "settings")  # fmt: skip
     p.add_argument("--profile", action="store_true")
     a = p.parse_args(argv)
     PER_CLASS["train"] = a.train_per_class
@@ -396,6 +415,11 @@ def main(argv: list[str] | None = None) -> None:
                         (f"transfersweep {v}", run_transfersweep, (*common, out, su, VARIANTS[v]))
                         for v in variants
                     ]
+                    if a.heap_cache_all:
+                        runs += [
+                            ("timm +heap", run_timm, (*common, init, out, su, True)),
+                            ("plain +heap", run_plain, (*common, init, su, True)),
+                        ]
                     for name, run, args in runs:
                         got.setdefault(name, []).append(run(*args))
                 _print(model, size, e, n, got)
@@ -430,6 +454,11 @@ def _print(model: str, size: int, epochs: int, n: int, got: dict) -> None:
                 f"{name} / transfersweep (images/s)", f"{rate[name] / rate['transfersweep']:.2f}x"
             )
     report("transfersweep / plain loop (images/s)", f"{rate['transfersweep'] / rate['plain']:.2f}x")
+    for name in ("timm +heap", "plain +heap"):
+        if name in rate:
+            report(
+                f"transfersweep / {name} (images/s)", f"{rate['transfersweep'] / rate[name]:.2f}x"
+            )
 
 
 if __name__ == "__main__":

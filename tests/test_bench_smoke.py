@@ -47,7 +47,14 @@ def test_timm_side_by_side_benchmark_runs(capsys):
     # timm's own train.py, transfersweep and the plain loop on the same folder, weights, steps
     import bench_timm
 
-    bench_timm.main(["--sizes", "16", "--models", "tiny", "--epochs", "16:2", "--repeats", "16:1"])
+    args = "--sizes 16 --models tiny --epochs 16:2 --repeats 16:1 --heap-cache-all"
+    bench_timm.main(args.split())
     out = capsys.readouterr().out
-    for name in ("timm:", "transfersweep:", "plain:", "transfersweep / timm train.py"):
+    for name in (
+        "timm:",
+        "transfersweep:",
+        "plain:",
+        "transfersweep / timm train.py",
+        "timm +heap",
+    ):
         assert name in out, out

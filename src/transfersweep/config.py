@@ -171,6 +171,10 @@ class TrainerConfig:
     # torch intra-op threads; null: torch's default, split between the transfersweep runs
     # training on this machine when the run starts (transfersweep.cores)
     threads: int | None = None
+    # Keep freed CPU memory in the process for the next batch (glibc: no mmap per block, no
+    # trim) instead of faulting in fresh pages every step; handed back when the run ends.
+    # false: the C library's defaults (transfersweep.memory.cache_heap)
+    heap_cache: bool = True
     eval_batch_size: int = 256
     # Run the target stage(s) this many times; the objective is the mean. Repeat r trains on
     # k-shot draw r and seed r (repeat_over=both), or varies only one of them (seed | draw).

@@ -37,6 +37,7 @@ class Runtime:
     threads: int | None = None  # torch intra-op threads; None = torch's default
     compile_backend: str | None = None
     parallel_jobs: int | None = None  # set: `threads` is this run's share (cores.py), re-taken
+    heap_cache: bool = False  # keep freed CPU memory for the next batch (memory.cache_heap)
 
     @classmethod
     def from_cfg(cls, t: DictConfig, parallel_jobs: int = 1) -> Runtime:
@@ -75,14 +76,19 @@ class Runtime:
         if threads is None:  # share the cores with the other runs on this machine (cores.py)
             threads, shared = cores.share(parallel_jobs), parallel_jobs
         backend = str(t.compile_backend) if t.compile else None
-        return cls(device, amp, bool(t.channels_last), threads, backend, shared)
+        return cls(device, amp, bool(t.channels_last), threads, backend, shared, bool(t.heap_cache))
 
     def apply(self) -> None:
-        """Set torch's process-wide switches for this runtime: CPU threads; on CUDA, cuDNN's
-        autotuner (fixed input sizes: each layer's fastest kernel is found once) and TF32
-        matmuls and convolutions where fp32 remains (as timm's train.py does)."""
+        """Set torch's process-wide switches for this runtime: CPU threads, the C heap kept
+        for the next batch; on CUDA, cuDNN's autotuner (fixed input sizes: each layer's fastest
+        kernel is found once) and TF32 matmuls and convolutions where fp32 remains (as timm's
+        train.py does)."""
         if self.threads:
             torch.set_num_threads(self.threads)
+        if self.heap_cache:
+            from transfersweep import memory
+
+            memory.cache_heap()
         if self.device.type == "cuda":
             if self.device.index is not None:  # a picked or pinned GPU: its default stream
                 torch.cuda.set_device(self.device)
