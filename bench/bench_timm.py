@@ -27,10 +27,11 @@ and the best validation accuracy over the epochs (mean ± sd over the repeats).
     .venv/bin/python bench/bench_timm.py [--sizes 64,224] [--models lite0,resnet18]
         [--epochs 64:10,224:2] [--repeats 64:3,224:1] [--heap-cache-all] [--profile]
 
-transfersweep keeps freed CPU memory for the next batch (trainer.heap_cache, glibc's mallopt);
-timm's train.py and the plain loop run with glibc's defaults, as their users run them.
-`--heap-cache-all` runs both once more with the same heap settings (glibc's environment
-variables), so the ratios can be read allocator for allocator too.
+transfersweep keeps freed CPU memory for the next batch (trainer.heap_cache) and puts larger
+blocks on huge pages (memory.restart_with_huge_pages); timm's train.py and the plain loop run
+with glibc's defaults, as their users run them. `--heap-cache-all` runs both once more with
+the same settings (glibc's environment variables), so the ratios read allocator for allocator
+too; `--variants heap_cache_off` runs transfersweep with glibc's defaults.
 
 `--profile` adds a torch.profiler table of one model's training steps at the largest size:
 where the time goes (the operators' self CPU time), to tell the framework's cost from the
@@ -181,7 +182,10 @@ def run_transfersweep(
         "optimizer.probe_lr_scale=1.0", f"seed={seed}", f"paths.outputs={store}",
     ]  # fmt: skip
     t0 = time.perf_counter()
-    res = subprocess.run(args, capture_output=True, text=True, env=_env(), cwd=out)
+    env = _env() | (
+        {"TRANSFERSWEEP_HUGE_PAGES": "0"} if "trainer.heap_cache=false" in extra else {}
+    )
+    res = subprocess.run(args, capture_output=True, text=True, env=env, cwd=out)
     wall = time.perf_counter() - t0
     if res.returncode != 0:
         raise RuntimeError(f"transfersweep failed:\n{res.stderr[-3000:]}")
@@ -294,11 +298,17 @@ def plain_loop(model: str, size: int, epochs: int, seed: int, data: Path, init: 
 
 
 def _env(heap: bool = False) -> dict[str, str]:
-    """`heap`: glibc's malloc set as trainer.heap_cache sets it (memory.cache_heap), through
-    the environment variables glibc reads at start."""
+    """`heap`: glibc's malloc set as transfersweep sets its own (memory.cache_heap and
+    restart_with_huge_pages), through the environment variables glibc reads at start."""
+    from transfersweep import memory
+
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT / "src")}
     if heap:
-        env |= {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)}
+        env |= {
+            "MALLOC_MMAP_THRESHOLD_": str(32 * 2**20),
+            "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1),
+            "GLIBC_TUNABLES": memory.HUGE_PAGES,
+        }
     return env
 
 
@@ -353,7 +363,7 @@ VARIANTS = {  # transfersweep with one switch more (--variants)
     "channels_last": ("trainer.channels_last=true",),
     "compile": ("trainer.compile=true",),
     "resume_off": ("trainer.resume=false",),  # what the per-epoch resume state costs
-    "heap_cache_off": ("trainer.heap_cache=false",),  # glibc's defaults, as the others run
+    "heap_cache_off": ("trainer.heap_cache=false",),  # + TRANSFERSWEEP_HUGE_PAGES=0 (_env)
 }
 
 

@@ -148,30 +148,64 @@ def test_a_run_takes_the_cores_a_finished_sibling_freed(tmp_path, monkeypatch):
     assert seen == [max(1, total // 2), total]  # half beside it, all of them once it ended
 
 
-# A 64 MB block (an activation at 224 px) allocated, freed, allocated again: the page faults
-# of the second allocation, in a fresh process whose runtime was applied with heap_cache.
+# Blocks of 2-16 MB live together (a step's activations), freed, allocated again: the page
+# faults of the second round, in a fresh process whose runtime was applied with heap_cache.
 _REALLOC_FAULTS = """
 import resource, sys, torch
 from transfersweep.engine import Runtime
 from conftest import compose
 cfg = compose(["trainer.device=cpu", "trainer.threads=1", "trainer.heap_cache=" + sys.argv[1]])
 Runtime.from_cfg(cfg.trainer).apply()
-torch.ones(2**24)  # 64 MB, freed at once
+def step():
+    blocks = [torch.ones(2**k) for k in (19, 20, 21, 22)]
+step()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-torch.ones(2**24)
+step()
 print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
+def _python(code: str, *args: str, env: dict | None = None) -> str:
+    out = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, check=True,
+        cwd=os.path.dirname(__file__), env=env,
+    )  # fmt: skip
+    return out.stdout
+
+
 @pytest.mark.skipif(not memory._glibc(), reason="the heap cache is glibc's (mallopt)")
 def test_a_run_keeps_the_memory_a_batch_freed_for_the_next():
-    def faults(heap_cache: str) -> int:
-        out = subprocess.run(
-            [sys.executable, "-c", _REALLOC_FAULTS, heap_cache],
-            capture_output=True, text=True, check=True, cwd=os.path.dirname(__file__),
-        )  # fmt: skip
-        return int(out.stdout.split()[-1])
+    # glibc's default: the blocks are mapped anew and their 4 KB pages fault in zeroed (7.7k)
+    assert int(_python(_REALLOC_FAULTS, "false")) > 4000
+    assert int(_python(_REALLOC_FAULTS, "true")) < 1500  # freed blocks reused in the heap
 
-    # glibc's default: the block is mmapped anew and every 4 KB page faults in zeroed
-    assert faults("false") > 10_000
-    assert faults("true") < 100  # the freed block is reused, its pages already there
+
+_RESTARTED = """
+import os
+from transfersweep import memory
+print("start", os.environ.get("GLIBC_TUNABLES"), flush=True)
+memory.restart_with_huge_pages()
+import resource, torch
+torch.ones(2**24)  # 64 MB: mapped, over the heap's 32 MB
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+torch.ones(2**24)
+print("faults", resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(
+    memory._transparent_huge_pages() != "madvise" or not memory._glibc(),
+    reason="huge pages on request only: glibc and the kernel's THP mode madvise",
+)
+def test_the_command_starts_again_once_with_large_blocks_on_huge_pages():
+    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES",)}
+    lines = _python(_RESTARTED, env={**env, "GLIBC_TUNABLES": "glibc.malloc.check=0"})
+    starts = [ln for ln in lines.splitlines() if ln.startswith("start")]
+    # the same command again (its first line printed twice), the user's tunables kept
+    assert starts == [
+        "start glibc.malloc.check=0",
+        f"start glibc.malloc.check=0:{memory.HUGE_PAGES}",
+    ]
+    assert int(lines.split()[-1]) < 1000  # 64 MB in 2 MB pages (4 KB pages: 16384 faults)
+    lines = _python(_RESTARTED, env={**env, "TRANSFERSWEEP_HUGE_PAGES": "0"})
+    assert lines.startswith("start None\nfaults") and int(lines.split()[-1]) > 16000  # opt-out

@@ -171,9 +171,9 @@ class TrainerConfig:
     # torch intra-op threads; null: torch's default, split between the transfersweep runs
     # training on this machine when the run starts (transfersweep.cores)
     threads: int | None = None
-    # Keep freed CPU memory in the process for the next batch (glibc: no mmap per block, no
-    # trim) instead of faulting in fresh pages every step; handed back when the run ends.
-    # false: the C library's defaults (transfersweep.memory.cache_heap)
+    # Keep freed CPU memory (blocks up to 32 MB) for the next batch instead of faulting in
+    # fresh pages every step; handed back when the run ends. false: glibc's defaults
+    # (transfersweep.memory.cache_heap; huge pages for larger blocks: TRANSFERSWEEP_HUGE_PAGES)
     heap_cache: bool = True
     eval_batch_size: int = 256
     # Run the target stage(s) this many times; the objective is the mean. Repeat r trains on

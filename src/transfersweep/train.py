@@ -144,6 +144,10 @@ def cli() -> None:
     run ends KILLED and a sweep marks its trial FAIL, instead of both staying RUNNING."""
     import signal
 
+    from transfersweep import memory
+
+    memory.restart_with_huge_pages()  # first: it starts the command again where it helps
+
     def interrupt(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt("SIGTERM")
 
