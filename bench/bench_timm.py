@@ -305,8 +305,8 @@ def _env(heap: bool = False) -> dict[str, str]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT / "src")}
     if heap:
         env |= {
-            "MALLOC_MMAP_THRESHOLD_": str(32 * 2**20),
-            "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1),
+            "MALLOC_MMAP_THRESHOLD_": str(memory.HEAP_BLOCK_MAX),
+            "MALLOC_TRIM_THRESHOLD_": str(memory.TRIM_ABOVE),
             "GLIBC_TUNABLES": memory.HUGE_PAGES,
         }
     return env

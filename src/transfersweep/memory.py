@@ -61,6 +61,8 @@ def memory_guard(cfg: DictConfig, what: str, fn: Callable, *args: Any, **kwargs:
 _libc: Any = None  # glibc, False where the C library is another (macOS, musl)
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt's parameters (malloc.h)
 HUGE_PAGES = "glibc.malloc.hugetlb=1"  # glibc >= 2.35: madvise(MADV_HUGEPAGE) on its mappings
+HEAP_BLOCK_MAX = 32 * 2**20  # blocks kept in the heap: up to glibc's largest mmap threshold
+TRIM_ABOVE = 2**31 - 1  # free heap top trimmed above 2 GB only (the largest int mallopt takes)
 
 
 def _glibc() -> Any:
@@ -88,9 +90,9 @@ def cache_heap() -> bool:
     libc = _glibc()
     if not libc:
         return False
-    # trim above 2 GB only (the largest int mallopt takes); release() trims all at the end
-    return bool(libc.mallopt(M_MMAP_THRESHOLD, 32 * 2**20)) and bool(
-        libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)
+    # release() trims all at the end
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, HEAP_BLOCK_MAX)) and bool(
+        libc.mallopt(M_TRIM_THRESHOLD, TRIM_ABOVE)
     )
 
 
@@ -110,8 +112,9 @@ def restart_with_huge_pages() -> None:
     """Start this command again, once, with glibc told to back its memory with transparent
     huge pages (2 MB: 512x fewer page faults for a block it maps). Where the kernel gives huge
     pages only on request (THP `madvise`, the default of Debian and Ubuntu), a training step
-    at 224 px spent most of its time faulting in its activations' pages: with them, 2 epochs
-    of lite0 at 224 px took 47 s instead of 138 s, at the same peak memory (bench/README.md).
+    at 224 px spent most of its time faulting in its activations' pages: with them and
+    cache_heap, 2 epochs of lite0 at 224 px took 55 s instead of 138 s, at the same peak
+    memory (bench/README.md).
     glibc reads the setting only when a process starts, hence the restart (the same process
     id, before any heavy import). Nothing happens where it cannot help: not glibc >= 2.35,
     THP `always` (already) or `never`, the setting already there, or
