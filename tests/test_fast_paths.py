@@ -51,14 +51,15 @@ def test_feature_cache_matches_the_uncached_path(tmp_path, backbone, regime, sta
         assert cached.data.metrics[key] == pytest.approx(plain.data.metrics[key], abs=1e-6)
 
 
-@pytest.mark.parametrize("freeze", ["last_layer", "full", "lp_ft"])
+@pytest.mark.parametrize("freeze", ["last_layer", "full", "lp_ft", "last_blocks"])
 def test_val_is_scored_from_the_fit_without_a_second_pass_and_the_same_numbers(
-    tmp_path, monkeypatch, freeze
+    tmp_path, monkeypatch, caplog, freeze
 ):
     """The best epoch's val scores from the fit (the whole model; the head on float32 pooled
-    features for a cached probe) are the whole model's val scores, bit for bit: score() reuses
-    them instead of a second pass over val. At this rate the best epoch is not the last one
-    (lp_ft: in its first phase), so numbers of another epoch would show."""
+    features for a cached probe; the trainable blocks on float32 cached activations) are the
+    whole model's val scores, bit for bit: score() reuses them instead of a second pass over
+    val. At this rate the best epoch is not the last one (lp_ft: in its first phase), so
+    numbers of another epoch would show."""
     from transfersweep import engine, inputs, stages
     from transfersweep.paradigm import Paradigm
     from transfersweep.sweep.trial import TrialLink
@@ -76,7 +77,10 @@ def test_val_is_scored_from_the_fit_without_a_second_pass_and_the_same_numbers(
         [*FAST, f"freeze={freeze}", "trainer.target_epochs=4", "optimizer.lr=0.05"], tmp_path
     )
     ready = inputs.load(cfg)
-    out = train.train(ready, cfg, Paradigm.from_cfg(cfg), TrialLink(), NoRun())
+    with caplog.at_level(logging.INFO, logger="transfersweep"):
+        out = train.train(ready, cfg, Paradigm.from_cfg(cfg), TrialLink(), NoRun())
+    if freeze == "last_blocks":  # the suffix trained on the cached output of the frozen blocks
+        assert "feature cache: output of block" in caplog.text
     (val,) = reused
     assert val is not None  # the fit's numbers were used
     val_batches = ready.data.eval_batches(ready.stages[-1].data, "val", cfg)

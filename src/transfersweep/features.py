@@ -161,6 +161,22 @@ def for_phase(
     return fit_model, NoPrep(), train, val
 
 
+def scores_whole_model(fit_model: torch.nn.Module, model: torch.nn.Module, runtime) -> bool:
+    """Whether a fit of `fit_model` scores val as the whole model does, bit for bit (so the
+    stage's score needs no second pass over val): the whole model itself, or, without autocast,
+    the head on float32 pooled features or the suffix on float32 boundary activations (the
+    same eval batches through the same modules)."""
+    if fit_model is model:
+        return True
+    if runtime.amp_dtype is not None:
+        return False
+    if fit_model is model.get_classifier():
+        return True
+    from transfersweep import prefix_cache
+
+    return isinstance(fit_model, prefix_cache.Suffix) and fit_model.input_dtype is None
+
+
 def _unshuffled(train: Batches, cfg: DictConfig) -> Batches:
     return Batches(
         train.images,

@@ -56,8 +56,8 @@ class StageResult:
     best_epoch: int
     best_state: dict[str, torch.Tensor]  # the whole model at its best epoch (CPU copies)
     # every val metric of the whole model at the best epoch, when the fit that found it
-    # evaluated exactly that (the whole model, or the head on float32 pooled features):
-    # `score` then needs no second pass over val; None: scored again
+    # evaluated exactly that (features.scores_whole_model): `score` then needs no second pass
+    # over val; None: scored again
     val_scores: dict[str, float] | None = None
 
 
@@ -171,11 +171,7 @@ def _phases(
             inputs, cfg, stage, phase, prefix, train, val, mlrun
         )
         lr, scales = _rates(lr_scales, cfg, stage, phase, inputs.layout)
-        # the fit's val scores are the whole model's (score() needs no second pass) when it
-        # evaluated the whole model, or the head on float32 pooled features
-        exact = fit_model is model or (
-            fit_model is model.get_classifier() and runtime.amp_dtype is None
-        )
+        exact = features.scores_whole_model(fit_model, model, runtime)  # score(): no 2nd pass
         with progress.phase(i, model, best):
             result = engine.fit(
                 fit_model, train, val, fit_prep, runtime, cfg, phase.epochs,
