@@ -43,6 +43,7 @@ def main(backbone: str = "resnet18", rounds: int = 4) -> dict[str, float]:
 
     cfg = compose([f"backbone={backbone}", "optimizer.scheduler=none", "trainer.precision=fp32"])
     runtime = engine.Runtime.from_cfg(cfg.trainer)
+    runtime.apply()  # as a run does (threads, the kept heap): both loops then run alike
     data = data_mod.build(cfg, need_source=True)
     n_classes = data.num_classes(StageData.source)
     torch.manual_seed(0)
