@@ -118,7 +118,7 @@ test: install check-venv ## the full test suite (CPU, 14-23 minutes; what CI run
 test-fast: install check-venv ## every module, without the slow tests (about 4 minutes): while iterating
 	$(PY) -m pytest -q -m "not slow"
 
-bench: install check-venv ## benchmarks: ratios against plain PyTorch, measured in one run (about 10 minutes on CPU)
+bench: install check-venv ## benchmarks: ratios against plain PyTorch, measured in one run (about 25 minutes on 2 CPU cores)
 	$(PY) bench/run.py $(ARGS)
 
 lint: install ## ruff check + format check
