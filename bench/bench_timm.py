@@ -15,7 +15,9 @@ and the best validation accuracy over the epochs (mean ± sd over the repeats).
   `--initial-checkpoint` and loaded by the plain loop; transfersweep makes its own (seed r).
 - Settings, identical: batch 32, fp32, the image resized to S px once per image (timm:
   `--no-aug`, whose train transform is that resize; `--crop-pct 1.0` at eval), AdamW lr 3e-4,
-  weight decay 0.05 off biases and norms, 2 warm-up epochs then cosine per update, no label
+  weight decay 0.05 off biases and norms, 2 warm-up epochs (fewer in runs of under 3) then
+  cosine to 0 per update over the rest (timm: `--warmup-prefix`, and `--epochs` the epochs
+  after the warm-up, so that its cosine starts at the peak as the others' do), no label
   smoothing, BatchNorm in training mode (transfersweep: freeze=full freeze.norm_stats=frozen,
   which leaves every trainable BatchNorm training), torch's default threads.
 - What is each tool's own: transfersweep decodes and resizes every image once and gathers
@@ -61,6 +63,14 @@ TIMM_TRAIN = ROOT / "bench/third_party/timm/train.py"
 CLASSES = (5, 6, 7, 8, 9)
 PER_CLASS = {"train": 32, "val": 40, "test": 10}  # train: --train-per-class
 BATCH, LR, WD, WARMUP = 32, 3e-4, 0.05, 2
+
+
+def warmup(epochs: int) -> int:
+    """Warm-up epochs of a run of `epochs`, the same in all three: WARMUP, leaving the cosine
+    at least one epoch."""
+    return max(0, min(WARMUP, epochs - 1))
+
+
 MODELS = {"lite0": "tf_efficientnet_lite0", "resnet18": "resnet18", "tiny": "test_resnet"}
 
 
@@ -133,9 +143,10 @@ def run_timm(
         sys.executable, str(TIMM_TRAIN), "--data-dir", str(data), "--train-split", "train",
         "--val-split", "val", "--model", MODELS[model], "--num-classes", str(len(CLASSES)),
         "--initial-checkpoint", str(init), "--img-size", str(size), "--crop-pct", "1.0",
-        "--no-aug", "--batch-size", str(BATCH), "--epochs", str(epochs), "--opt", "adamw",
-        "--lr", str(LR), "--weight-decay", str(WD), "--sched", "cosine", "--sched-on-updates",
-        "--warmup-epochs", str(WARMUP), "--warmup-lr", "0", "--min-lr", "0", "--smoothing", "0",
+        "--no-aug", "--batch-size", str(BATCH), "--epochs", str(epochs - warmup(epochs)),
+        "--warmup-epochs", str(warmup(epochs)), "--warmup-prefix", "--warmup-lr", "0",
+        "--opt", "adamw", "--lr", str(LR), "--weight-decay", str(WD), "--sched", "cosine",
+        "--sched-on-updates", "--min-lr", "0", "--smoothing", "0",
         "-j", str(su.workers), "--seed", str(seed), "--device", su.device, "--output", str(out),
         "--experiment", f"{model}-{size}-{seed}", "--log-interval", "1000",
         "--checkpoint-hist", "1",
@@ -178,7 +189,7 @@ def run_transfersweep(
         "trainer.repeats=1", f"trainer.device={su.device}",
         f"trainer.precision={'bf16' if su.gpu else 'fp32'}", *extra,
         f"optimizer.lr={LR}", f"optimizer.weight_decay={WD}", "optimizer.scheduler=cosine",
-        f"optimizer.warmup_epochs={WARMUP}", "optimizer.head_lr_scale=1.0",
+        f"optimizer.warmup_epochs={warmup(epochs)}", "optimizer.head_lr_scale=1.0",
         "optimizer.probe_lr_scale=1.0", f"seed={seed}", f"paths.outputs={store}",
     ]  # fmt: skip
     t0 = time.perf_counter()
@@ -267,7 +278,7 @@ def plain_loop(model: str, size: int, epochs: int, seed: int, data: Path, init: 
     )
     opt = create_optimizer_v2(net, opt="adamw", lr=LR, weight_decay=WD)
     steps_per_epoch = len(y_train) // BATCH
-    total, warm = epochs * steps_per_epoch, WARMUP * steps_per_epoch
+    total, warm = epochs * steps_per_epoch, warmup(epochs) * steps_per_epoch
 
     def factor(step: int) -> float:
         if step < warm:
