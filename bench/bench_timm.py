@@ -63,15 +63,13 @@ TIMM_TRAIN = ROOT / "bench/third_party/timm/train.py"
 CLASSES = (5, 6, 7, 8, 9)
 PER_CLASS = {"train": 32, "val": 40, "test": 10}  # train: --train-per-class
 BATCH, LR, WD, WARMUP = 32, 3e-4, 0.05, 2
+MODELS = {"lite0": "tf_efficientnet_lite0", "resnet18": "resnet18", "tiny": "test_resnet"}
 
 
 def warmup(epochs: int) -> int:
     """Warm-up epochs of a run of `epochs`, the same in all three: WARMUP, leaving the cosine
     at least one epoch."""
     return max(0, min(WARMUP, epochs - 1))
-
-
-MODELS = {"lite0": "tf_efficientnet_lite0", "resnet18": "resnet18", "tiny": "test_resnet"}
 
 
 class Setup:

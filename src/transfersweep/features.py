@@ -28,6 +28,7 @@ from transfersweep.data import Batches
 from transfersweep.data.images import ImageSet
 
 if TYPE_CHECKING:
+    from transfersweep.engine import Runtime
     from transfersweep.inputs import Inputs
     from transfersweep.regime import Stage
     from transfersweep.strategies import Phase
@@ -161,7 +162,9 @@ def for_phase(
     return fit_model, NoPrep(), train, val
 
 
-def scores_whole_model(fit_model: torch.nn.Module, model: torch.nn.Module, runtime) -> bool:
+def scores_whole_model(
+    fit_model: torch.nn.Module, model: torch.nn.Module, runtime: Runtime
+) -> bool:
     """Whether a fit of `fit_model` scores val as the whole model does, bit for bit (so the
     stage's score needs no second pass over val): the whole model itself, or, without autocast,
     the head on float32 pooled features or the suffix on float32 boundary activations (the
